@@ -1,0 +1,103 @@
+"""requests on the shared pools: an ``HTTPAdapter`` and a ``Session`` that borrow them.
+
+Use these when a library speaks requests (python-cloudant's ``adapter=``, the IBM Cloudant
+SDK's ``set_http_client``) or when a handler wants requests' API. Each caller gets its own
+``Session`` and therefore its own cookies; only the connections are shared. ``close()`` on
+either object leaves the shared pools open: libraries close their sessions freely.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, select_proxy
+
+from .pool import CountedPool
+
+if TYPE_CHECKING:
+    from requests.models import PreparedRequest
+    from urllib3.connectionpool import HTTPConnectionPool
+
+    from .registry import Registry
+
+
+class PoolAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections come from a :class:`~poolclient.Registry`.
+
+    Differences from requests' own adapter, each deliberate:
+
+    - the pools are the registry's, so they are bounded, counted and fork-aware, and are
+      looked up on every send (an adapter kept across a fork uses the child's pools);
+    - TLS settings are part of the pool key and are never written onto a shared pool
+      afterwards (requests' ``cert_verify`` would overwrite the configured CA bundle);
+    - a request without a timeout gets the registry's connect and read timeouts;
+    - ``close()`` closes nothing shared. Proxied requests use requests' own proxy pools.
+    """
+
+    def __init__(self, registry: Registry, max_retries: int = 0) -> None:
+        self.registry = registry
+        super().__init__(max_retries=max_retries)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        # Only the sizing is stored (requests pickles it); the pools are the registry's.
+        self._pool_connections = args[0] if args else kwargs.get("connections", 0)
+        self._pool_maxsize = args[1] if len(args) > 1 else kwargs.get("maxsize", 0)
+        self._pool_block = kwargs.get("block", False)
+
+    def build_connection_pool_key_attributes(
+        self, request: PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        # requests puts its default CA bundle on the pool in cert_verify(), which this
+        # adapter skips; put it in the key instead, so verify=True keeps meaning certifi.
+        if verify is True and "ca_certs" not in pool_kwargs and "ca_cert_dir" not in pool_kwargs:
+            pool_kwargs["ca_certs"] = DEFAULT_CA_BUNDLE_PATH
+        return host_params, pool_kwargs
+
+    def get_connection_with_tls_context(
+        self,
+        request: PreparedRequest,
+        verify: bool | str,
+        proxies: dict[str, str] | None = None,
+        cert: Any = None,
+    ) -> HTTPConnectionPool:
+        if proxies and select_proxy(str(request.url), proxies):
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        host_params, pool_kwargs = self.build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        return self.registry.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        if isinstance(conn, CountedPool):
+            return  # settled by the pool key; the pool is shared, so never mutate it
+        super().cert_verify(conn, url, verify, cert)
+
+    def send(
+        self, request: PreparedRequest, stream: bool = False, timeout: Any = None,
+        verify: bool | str = True, cert: Any = None, proxies: dict[str, str] | None = None,
+    ) -> requests.Response:
+        if timeout is None:
+            settings = self.registry.settings
+            timeout = (settings.connect_timeout, settings.read_timeout)
+        return super().send(request, stream=stream, timeout=timeout, verify=verify,
+                            cert=cert, proxies=proxies)
+
+    def close(self) -> None:
+        """Close the proxy pools this adapter made; the shared pools stay open."""
+        for proxy in self.proxy_manager.values():
+            proxy.clear()
+        self.proxy_manager.clear()
+
+
+def pooled_session(registry: Registry) -> requests.Session:
+    """A ``requests.Session`` whose http:// and https:// go through ``registry``."""
+    session = requests.Session()
+    adapter = PoolAdapter(registry)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session

@@ -1,0 +1,217 @@
+"""Settings: one declarative table, read from the environment or given in code.
+
+Each field of :class:`Settings` carries its environment variable, a validator and a doc
+string in its metadata; ``python -m poolclient.config`` prints the table the README shows.
+A bad value raises :class:`~poolclient.errors.ConfigError` whose one-line message names the
+setting, the value and what is allowed, before any pool exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+Validator = Callable[[object], Any]
+
+
+def _number(value: object, kind: type[int] | type[float]) -> int | float:
+    # bool is an int subclass: True must not pass as a pool size of 1.
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, str):
+        value = value.strip()
+        return int(value) if kind is int else float(value)
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    raise ValueError
+
+
+def positive_int(value: object) -> int:
+    """An integer of at least 1."""
+    try:
+        number = int(_number(value, int))
+    except ValueError:
+        raise ValueError("expected an integer of at least 1") from None
+    if number < 1:
+        raise ValueError("expected an integer of at least 1")
+    return number
+
+
+def optional_positive_int(value: object) -> int | None:
+    """Unset, or an integer of at least 1."""
+    if value is None or value == "":
+        return None
+    try:
+        return positive_int(value)
+    except ValueError:
+        raise ValueError("expected an integer of at least 1, or unset for the default") from None
+
+
+def non_negative_int(value: object) -> int:
+    """An integer of at least 0."""
+    try:
+        number = int(_number(value, int))
+    except ValueError:
+        raise ValueError("expected an integer of at least 0") from None
+    if number < 0:
+        raise ValueError("expected an integer of at least 0")
+    return number
+
+
+def positive_seconds(value: object) -> float:
+    """A finite number of seconds greater than 0."""
+    try:
+        number = float(_number(value, float))
+    except ValueError:
+        raise ValueError("expected a number of seconds greater than 0") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("expected a number of seconds greater than 0")
+    return number
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def boolean(value: object) -> bool:
+    """true/false, yes/no, on/off or 1/0."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("expected one of true/false, yes/no, on/off, 1/0")
+
+
+def ca_bundle(value: object) -> str | None:
+    """Unset, or the path of a readable PEM file holding at least one certificate."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError("expected the path of a PEM file of CA certificates")
+    path = os.fspath(value)
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            pem = handle.read()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"expected a readable PEM file of CA certificates ({reason})") from None
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("expected a PEM file of CA certificates; this file holds none")
+    return os.path.abspath(path)
+
+
+def _setting(env: str, default: object, validator: Validator, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "validator": validator, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one :class:`~poolclient.Registry`, validated on construction.
+
+    Values may be given as strings (as from the environment) or as Python values::
+
+        Settings(maxsize=8, pool_timeout="0.5")
+        Settings.from_env()            # POOLCLIENT_* variables, defaults for the rest
+    """
+
+    maxsize: int | None = _setting(
+        "POOLCLIENT_MAXSIZE",
+        None,
+        optional_positive_int,
+        "Most connections open at once to one origin (scheme, host, port, TLS settings). "
+        "Unset: the worker's thread count under gunicorn's gthread worker, 1 under sync, "
+        "10 elsewhere.",
+    )
+    pool_timeout: float = _setting(
+        "POOLCLIENT_POOL_TIMEOUT",
+        5.0,
+        positive_seconds,
+        "Seconds a caller waits for a connection when all of an origin's are in use; "
+        "then the call fails with PoolTimeoutError (the example app answers 503).",
+    )
+    connect_timeout: float = _setting(
+        "POOLCLIENT_CONNECT_TIMEOUT",
+        5.0,
+        positive_seconds,
+        "Seconds to open a TCP connection and finish the TLS handshake.",
+    )
+    read_timeout: float = _setting(
+        "POOLCLIENT_READ_TIMEOUT",
+        15.0,
+        positive_seconds,
+        "Seconds to wait for each read from the upstream.",
+    )
+    ca_bundle: str | None = _setting(
+        "POOLCLIENT_CA_BUNDLE",
+        None,
+        ca_bundle,
+        "PEM file of CA certificates. When set, every verified connection made through the "
+        "registry trusts exactly these, whatever verify=True, REQUESTS_CA_BUNDLE or "
+        "CURL_CA_BUNDLE say; verify=False still turns verification off.",
+    )
+    connect_retries: int = _setting(
+        "POOLCLIENT_CONNECT_RETRIES",
+        2,
+        non_negative_int,
+        "Times .request() retries a connection that could not be opened (never a request "
+        "that was sent).",
+    )
+    block: bool = _setting(
+        "POOLCLIENT_BLOCK",
+        True,
+        boolean,
+        "true: a caller waits for a free connection (bounded). false: urllib3's overflow, "
+        "which opens extra connections and discards them afterwards (counted as discarded).",
+    )
+    max_hosts: int = _setting(
+        "POOLCLIENT_MAX_HOSTS",
+        100,
+        positive_int,
+        "Most origins with a pool in one process; the least recently used is dropped first.",
+    )
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            raw = getattr(self, spec.name)
+            try:
+                value = spec.metadata["validator"](raw)
+            except ValueError as exc:
+                raise ConfigError(spec.metadata["env"], raw, str(exc)) from None
+            object.__setattr__(self, spec.name, value)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``POOLCLIENT_*`` variables; ``overrides`` win over them."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            env = spec.metadata["env"]
+            if env in environ:
+                values[spec.name] = environ[env]
+        values.update(overrides)
+        return cls(**values)
+
+    def redacted(self) -> dict[str, object]:
+        """The settings in force, by environment variable name (no secrets are settings)."""
+        return {spec.metadata["env"]: getattr(self, spec.name) for spec in dataclasses.fields(self)}
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table, generated from the same doc strings."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for spec in dataclasses.fields(Settings):
+        default = "unset" if spec.default is None else f"`{spec.default}`"
+        rows.append(f"| `{spec.metadata['env']}` | {default} | {spec.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

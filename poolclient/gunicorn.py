@@ -1,0 +1,83 @@
+"""gunicorn server hooks: one registry state per worker, the app wrapped, pools closed.
+
+Import them into a gunicorn config file (the project's ``gunicorn.conf.py`` does)::
+
+    from poolclient.gunicorn import on_starting, post_fork, post_worker_init, worker_exit
+
+Each has exactly the signature gunicorn validates. If your config defines a hook of the
+same name, call ours from it.
+
+Order in a worker, and why each step is where it is:
+
+- ``post_fork`` (child, straight after the fork, before gevent's monkey patch and before
+  the app loads): forget anything inherited and size the pools for this worker. No lock,
+  pool or socket is created here; pools are created on first use, after the patch.
+- ``post_worker_init`` (child, app loaded): wrap the app in the middleware, unless it
+  already wraps itself.
+- ``worker_exit`` (normally the child; gunicorn also calls it in the master when the
+  worker was already gone): close the pools, only in the process that owns them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import Settings
+from .errors import ConfigError
+from .middleware import wrap
+from .registry import get_registry
+
+__all__ = ["on_starting", "post_fork", "post_worker_init", "when_ready", "worker_exit"]
+
+
+def check_settings() -> Settings:
+    """The settings from the environment, or exit naming the bad one in one line."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"poolclient: {exc}") from None
+
+
+def default_maxsize(worker: Any) -> int:
+    """Connections per origin a worker of this kind needs to never wait on itself."""
+    kind = type(worker).__name__
+    if kind == "ThreadWorker":
+        return max(1, int(worker.cfg.threads))
+    if kind == "SyncWorker":
+        return 1
+    return 10
+
+
+def on_starting(server: Any) -> None:
+    """Master, before anything starts: stop at once on a bad ``POOLCLIENT_*`` setting."""
+    check_settings()
+
+
+def when_ready(server: Any) -> None:
+    """Master, listening: warn when the master itself holds upstream connections."""
+    stats = get_registry().stats()
+    if stats.pools:
+        server.log.warning(
+            "poolclient: the master process holds %d upstream pool(s), made before the "
+            "fork (--preload imports?). Workers never use them; each opens its own.",
+            len(stats.pools),
+        )
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Worker, just forked: drop inherited pools (never closing them) and size new ones."""
+    registry = get_registry()
+    registry._forget_after_fork()
+    registry.default_maxsize = default_maxsize(worker)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Worker, app loaded: make ``environ['http.pool']`` available to the app."""
+    worker.wsgi = wrap(worker.wsgi)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Worker leaving: close its pools. Never in the master, which owns none of them."""
+    if os.getpid() == worker.pid:
+        get_registry().close()

@@ -1,0 +1,99 @@
+"""WSGI middleware that hands every request the process's pools, and serves ``/health``.
+
+Use it when handlers call HTTP services: wrap the application once and every handler finds
+the registry at ``environ['http.pool']`` (and at ``environ['poolclient.registry']``, the
+namespaced key PEP 3333 recommends), so connections are reused across requests instead of
+opened per request. Under gunicorn, ``-c gunicorn.conf.py`` (or the hooks in
+:mod:`poolclient.gunicorn`) wraps any application without changing it.
+
+Wrapping twice is harmless: an inner instance sees the outer one's key and steps aside.
+
+``GET /health`` answers this worker's counters as JSON. Under a multi-process server
+it describes only the worker that answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .registry import Registry, get_registry
+from .render import health_document, json_bytes
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+REGISTRY_KEY = "poolclient.registry"
+
+
+class PoolClientMiddleware:
+    """Inject a :class:`~poolclient.Registry` into the environ and answer health checks.
+
+    :param app: the WSGI application to wrap.
+    :param registry: defaults to the process-global :func:`~poolclient.get_registry`,
+        looked up per request so that a middleware built before a fork serves the child.
+    :param environ_key: where handlers find the registry.
+    :param health_path: the path answered with pool stats; ``None`` turns it off.
+
+    .. code-block:: python
+
+        from poolclient import PoolClientMiddleware
+        application = PoolClientMiddleware(application)
+
+        def handler(environ, start_response):
+            r = environ["http.pool"].request("GET", "https://api.internal/items")
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        registry: Registry | None = None,
+        *,
+        environ_key: str = "http.pool",
+        health_path: str | None = "/health",
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.environ_key = environ_key
+        self.health_path = health_path
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if REGISTRY_KEY in environ:
+            return self.app(environ, start_response)
+        registry = self.registry if self.registry is not None else get_registry()
+        environ[REGISTRY_KEY] = registry
+        environ[self.environ_key] = registry
+        if self.health_path is not None and environ.get("PATH_INFO") == self.health_path:
+            return self._health(environ, start_response, registry)
+        return self.app(environ, start_response)
+
+    def _health(
+        self, environ: WSGIEnvironment, start_response: StartResponse, registry: Registry
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            body = json_bytes({"error": f"method {method} not allowed", "allow": ["GET", "HEAD"]})
+            start_response("405 Method Not Allowed", _json_headers(body, ("Allow", "GET, HEAD")))
+            return [body]
+        document = health_document(registry.stats(), registry.settings.redacted())
+        document["maxsize"] = registry.maxsize
+        body = json_bytes(document)
+        start_response("200 OK", _json_headers(body, ("Cache-Control", "no-store")))
+        return [] if method == "HEAD" else [body]
+
+
+def _json_headers(body: bytes, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    return [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        *extra,
+    ]
+
+
+def wrap(app: WSGIApplication, registry: Registry | None = None) -> WSGIApplication:
+    """``app`` wrapped in :class:`PoolClientMiddleware`, unless it already is."""
+    if isinstance(app, PoolClientMiddleware):
+        return app
+    return PoolClientMiddleware(app, registry)

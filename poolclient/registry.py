@@ -1,0 +1,229 @@
+"""The registry: one process's connection pools, shared by all of its threads.
+
+A :class:`Registry` owns a urllib3 ``PoolManager`` of counted pools, one per origin
+(scheme, host, port and TLS settings). The manager belongs to the process that created it:
+after a fork the child starts with none and builds its own on first use (see ``_fork``).
+Pools are created lazily, on the first call in the process, so that under gevent their
+locks are made after the monkey patch.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from urllib3 import PoolManager
+from urllib3.util import Retry, Timeout
+
+from . import _fork
+from .config import Settings
+from .errors import ForkSafetyError
+from .pool import CountedHTTPConnectionPool, CountedHTTPSConnectionPool, CountedPool
+from .stats import PoolSnapshot, RegistrySnapshot
+
+if TYPE_CHECKING:
+    import requests
+    from urllib3.connectionpool import HTTPConnectionPool
+    from urllib3.response import BaseHTTPResponse
+
+    from .adapters import PoolAdapter
+
+_NO_VERIFY = ("CERT_NONE", 0)
+
+
+class _ProcessPools(PoolManager):
+    """The pools of one process: a ``PoolManager`` that counts, bounds and pins trust."""
+
+    def __init__(self, settings: Settings, maxsize: int) -> None:
+        trust: dict[str, Any] = {"ca_certs": settings.ca_bundle} if settings.ca_bundle else {}
+        super().__init__(
+            num_pools=settings.max_hosts,
+            maxsize=maxsize,
+            block=settings.block,
+            timeout=Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
+            # Only failures to connect are retried: a request that was sent is never
+            # sent again, whatever its method.
+            retries=Retry(total=None, connect=settings.connect_retries, read=0, other=0,
+                          redirect=5, status=0),
+            **trust,
+        )
+        self.pid = os.getpid()
+        self.ca_bundle = settings.ca_bundle
+        self.pool_timeout = settings.pool_timeout
+        self.pool_classes_by_scheme = {
+            "http": CountedHTTPConnectionPool,
+            "https": CountedHTTPSConnectionPool,
+        }
+
+    def _merge_pool_kwargs(self, override: dict[str, Any] | None) -> dict[str, Any]:
+        merged = super()._merge_pool_kwargs(override)
+        # Trust is a pool setting: a caller's verify=True or an inherited REQUESTS_CA_BUNDLE
+        # must not swap the configured CAs for others. verify=False still turns it off.
+        if self.ca_bundle and merged.get("cert_reqs") not in _NO_VERIFY:
+            merged["ca_certs"] = self.ca_bundle
+            merged.pop("ca_cert_dir", None)
+        return merged
+
+    def _new_pool(
+        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.pool_timeout = self.pool_timeout  # type: ignore[attr-defined]
+        return pool
+
+    def live_pools(self) -> list[CountedPool]:
+        # Read the container directly: get() would refresh every pool's LRU position on each
+        # health check.
+        with self.pools.lock:
+            pools = list(self.pools._container.values())
+        return [p for p in pools if isinstance(p, CountedPool)]
+
+    def close(self) -> None:
+        """Close every pool: idle connections now, checked-out ones when returned."""
+        for pool in self.live_pools():
+            pool.close()
+        self.pools.clear()
+
+
+class Registry:
+    """HTTP(S) connection pools for one process, safe to share across its threads.
+
+    It is what handlers find in ``environ['http.pool']``::
+
+        pool = environ["http.pool"]
+        r = pool.request("GET", "https://api.example/items")     # urllib3 response
+        with pool.session() as s:                                 # requests, own cookies
+            s.get("https://api.example/items")
+        Cloudant(user, key, url=url, adapter=pool.adapter())      # any HTTPAdapter user
+
+    :param settings: defaults to :meth:`Settings.from_env`.
+    :param default_maxsize: the pool size when ``settings.maxsize`` is unset; the gunicorn
+        hooks set it to the worker's thread count.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, default_maxsize: int = 10) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.default_maxsize = default_maxsize
+        self._lock = threading.Lock()
+        self._state: _ProcessPools | None = None
+        _fork.track(self)
+
+    def __repr__(self) -> str:
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            return f"<Registry [no pools | maxsize {self.maxsize}] pid {os.getpid()}>"
+        snaps = [p.snapshot() for p in state.live_pools()]
+        in_use = sum(s.in_use for s in snaps)
+        idle = sum(s.idle for s in snaps)
+        return (
+            f"<Registry [pools {len(snaps)} | in use {in_use}, idle {idle} | "
+            f"maxsize {self.maxsize}] pid {state.pid}>"
+        )
+
+    @property
+    def maxsize(self) -> int:
+        """Connections allowed per origin in this process."""
+        return self.settings.maxsize or self.default_maxsize
+
+    def _pools(self) -> _ProcessPools:
+        state = self._state
+        pid = os.getpid()
+        if state is not None and state.pid == pid:
+            return state
+        # First use in this process, or a fork that skipped the at-fork handler (whose lock
+        # another thread may have held at fork time: hence the bounded wait). Double-checked
+        # so that concurrent first callers build one manager, not several.
+        if not self._lock.acquire(timeout=5):
+            raise ForkSafetyError(pid)
+        try:
+            state = self._state
+            if state is None or state.pid != pid:
+                state = _ProcessPools(self.settings, self.maxsize)
+                self._state = state
+            return state
+        finally:
+            self._lock.release()
+
+    def _forget_after_fork(self) -> None:
+        # In the child, straight after fork: rebind, never close (see _fork).
+        self._lock = threading.Lock()
+        self._state = None
+
+    def request(self, method: str, url: str, **kw: Any) -> BaseHTTPResponse:
+        """Send a request through the shared pools; arguments as urllib3's ``request()``."""
+        return self._pools().request(method, url, **kw)
+
+    def connection_from_host(
+        self, host: str, port: int | None = None, scheme: str = "http",
+        pool_kwargs: dict[str, Any] | None = None,
+    ) -> HTTPConnectionPool:
+        """The shared pool for one origin, as urllib3's ``PoolManager`` gives it."""
+        return self._pools().connection_from_host(host, port, scheme, pool_kwargs)
+
+    def adapter(self) -> PoolAdapter:
+        """A requests ``HTTPAdapter`` on the shared pools; closing it closes nothing shared."""
+        from .adapters import PoolAdapter
+
+        return PoolAdapter(self)
+
+    def session(self) -> requests.Session:
+        """A new ``requests.Session`` on the shared pools, with cookies of its own."""
+        from .adapters import pooled_session
+
+        return pooled_session(self)
+
+    def stats(self) -> RegistrySnapshot:
+        """Counters of every pool this process has, now."""
+        state = self._state
+        pools: tuple[PoolSnapshot, ...] = ()
+        if state is not None and state.pid == os.getpid():
+            pools = tuple(p.snapshot() for p in state.live_pools())
+        return RegistrySnapshot(pid=os.getpid(), pools=pools)
+
+    def close(self) -> bool:
+        """Close this process's pools; a later call builds new ones.
+
+        Does nothing in any process but the one that created them, so it is safe in hooks
+        that may run in gunicorn's master. Returns whether anything was closed.
+        """
+        state = self._state
+        if state is None or state.pid != os.getpid():
+            return False
+        self._state = None
+        state.close()
+        return True
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-global registry, built from the environment on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Registry()
+    return _default
+
+
+def configure(settings: Settings | None = None, *, default_maxsize: int = 10) -> Registry:
+    """Replace the process-global registry; the old one's pools close if this process owns them."""
+    global _default
+    with _default_lock:
+        old, _default = _default, Registry(settings, default_maxsize=default_maxsize)
+    if old is not None:
+        old.close()
+    return _default
+
+
+def _renew_default_lock() -> None:
+    # A lock held by another thread at fork time would stay held in the child.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_default_lock)

@@ -1,0 +1,122 @@
+"""Counters for one pool, and the frozen snapshots that leave the process.
+
+The pool classes in :mod:`poolclient.pool` call one method here per event; nothing here
+knows about urllib3, sockets or locks other than its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class PoolSnapshot:
+    """One origin's pool at one moment."""
+
+    scheme: str
+    host: str
+    port: int
+    maxsize: int
+    connections_opened: int
+    requests: int
+    reused: int
+    in_use: int
+    idle: int
+    waits: int
+    discarded: int
+    errors: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """Every pool of one process at one moment."""
+
+    pid: int
+    pools: tuple[PoolSnapshot, ...]
+
+    def totals(self) -> dict[str, int]:
+        """Counters summed over all pools (``maxsize`` excluded)."""
+        names = ("connections_opened", "requests", "reused", "in_use", "idle", "waits",
+                 "discarded", "errors")
+        return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
+
+
+class PoolStats:
+    """Thread-safe event counters of one pool.
+
+    ``in_use`` is checkouts minus checkins; ``idle`` is not counted here but read from the
+    pool's queue when a snapshot is taken, so it can never drift.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._opened = 0
+        self._requests = 0
+        self._reused = 0
+        self._in_use = 0
+        self._waits = 0
+        self._discarded = 0
+        self._errors = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<PoolStats opened={self._opened} requests={self._requests} "
+            f"reused={self._reused} in_use={self._in_use} waits={self._waits} "
+            f"discarded={self._discarded} errors={self._errors}>"
+        )
+
+    def opened(self) -> None:
+        """A TCP (and TLS) connection was established."""
+        with self._lock:
+            self._opened += 1
+
+    def sent(self, *, reused: bool) -> None:
+        """A request went out, on a connection that had carried one before if ``reused``."""
+        with self._lock:
+            self._requests += 1
+            self._reused += reused
+
+    def checked_out(self) -> None:
+        with self._lock:
+            self._in_use += 1
+
+    def checked_in(self) -> None:
+        with self._lock:
+            self._in_use = max(0, self._in_use - 1)
+
+    def waited(self) -> None:
+        """A caller found every connection in use and had to wait."""
+        with self._lock:
+            self._waits += 1
+
+    def discarded_one(self) -> None:
+        """A connection was closed because the pool had no room to keep it."""
+        with self._lock:
+            self._discarded += 1
+
+    def failed(self) -> None:
+        """An attempt failed: connect, TLS, timeout, protocol, or no connection in time."""
+        with self._lock:
+            self._errors += 1
+
+    def snapshot(self, scheme: str, host: str, port: int, idle: int) -> PoolSnapshot:
+        with self._lock:
+            return PoolSnapshot(
+                scheme=scheme,
+                host=host,
+                port=port,
+                maxsize=self.maxsize,
+                connections_opened=self._opened,
+                requests=self._requests,
+                reused=self._reused,
+                in_use=self._in_use,
+                idle=idle,
+                waits=self._waits,
+                discarded=self._discarded,
+                errors=self._errors,
+            )
