@@ -1,0 +1,1 @@
+"""The example service: a JSON relay to one upstream, through environ['http.pool']."""

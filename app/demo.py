@@ -1,0 +1,57 @@
+"""``make run``: the example service under gunicorn, with an offline upstream if none is set.
+
+With ``UPSTREAM_URL`` unset, it starts the demo HTTPS upstream (:mod:`app.upstream`) on a
+free loopback port with a CA generated into ``run/certs``, and trusts that CA through
+``POOLCLIENT_CA_BUNDLE``. Then it runs gunicorn with ``gunicorn.conf.py``; Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_demo_upstream(certs: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.upstream", "--certs", certs],
+        cwd=HERE, stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("https://"):
+        proc.kill()
+        raise SystemExit("demo upstream failed to start")
+    return proc, url
+
+
+def main() -> None:
+    env = dict(os.environ)
+    upstream = None
+    if not env.get("UPSTREAM_URL"):
+        certs = os.path.join(HERE, "run", "certs")
+        upstream, url = start_demo_upstream(certs)
+        env["UPSTREAM_URL"] = url
+        env["POOLCLIENT_CA_BUNDLE"] = os.path.join(certs, "ca.pem")
+        print(f"demo upstream: {url} (CA {env['POOLCLIENT_CA_BUNDLE']})", flush=True)
+    bind = env.get("BIND", f"127.0.0.1:{env.get('PORT', '8000')}")
+    print(f"try: curl http://{bind}/upstream/hello?x=1  and  curl http://{bind}/health",
+          flush=True)
+    gunicorn = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=HERE, env=env
+    )
+    try:
+        code = gunicorn.wait()
+    except KeyboardInterrupt:
+        code = gunicorn.wait()
+    finally:
+        if upstream is not None:
+            upstream.terminate()
+            upstream.wait()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""gunicorn settings for the example service and for any WSGI app run with ``-c`` this file.
+
+Driven by the environment; command-line flags still win (``-w 2 --threads 4 -k gthread``).
+The poolclient hooks give each worker its own pools and put them in ``environ['http.pool']``
+of whatever app runs, without changing the app.
+"""
+
+import os
+
+from poolclient.gunicorn import (  # noqa: F401 - gunicorn reads these names
+    check_settings,
+    on_starting,
+    post_fork,
+    post_worker_init,
+    when_ready,
+    worker_exit,
+)
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"gunicorn.conf.py: {name}={value!r} is not valid: "
+                         "expected an integer of at least 1")
+    return int(value)
+
+
+check_settings()  # a bad POOLCLIENT_* value stops here, in one line
+
+wsgi_app = "app.wsgi:application"
+bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
+workers = _int("WEB_CONCURRENCY", 2)
+threads = _int("GUNICORN_THREADS", 4)
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+timeout = _int("GUNICORN_TIMEOUT", 30)
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
