@@ -34,3 +34,6 @@ threads = _int("GUNICORN_THREADS", 4)
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 timeout = _int("GUNICORN_TIMEOUT", 30)
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# gunicorn 25+ opens a control socket at one fixed path per user; several servers on one
+# machine (tests, benchmarks) would fight over it.
+control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET", "") == ""

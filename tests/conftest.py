@@ -1,0 +1,31 @@
+"""Shared fixtures. The upstream always runs in its own process, so forks and gunicorn
+workers in the tests never share a Python process with the server they count against."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from poolclient import Registry, Settings
+from tests.helpers import Upstream, start_upstream
+
+
+@pytest.fixture
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A fresh TLS upstream per test, so its connection record is the test's alone."""
+    server = start_upstream(str(tmp_path_factory.mktemp("upstream")))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def registry(upstream: Upstream) -> Iterator[Registry]:
+    """A registry that trusts the upstream's CA (and nothing else)."""
+    reg = Registry(Settings(ca_bundle=upstream.ca, maxsize=4, pool_timeout=2))
+    try:
+        yield reg
+    finally:
+        reg.close()
