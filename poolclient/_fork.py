@@ -34,10 +34,29 @@ class _ForkAware(Protocol):
 
 _registries: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
 
+# How many callers of this process may need a connection at once: the pool size used when
+# POOLCLIENT_MAXSIZE is unset. The gunicorn hooks set it per worker (its thread count).
+_concurrency = 10
+
+
+def concurrency() -> int:
+    """The default connections per origin for registries of this process."""
+    return _concurrency
+
+
+def set_concurrency(callers: int) -> None:
+    global _concurrency
+    _concurrency = max(1, callers)
+
 
 def track(registry: _ForkAware) -> None:
     """Have ``registry`` forget its pools in the child of every fork."""
     _registries.add(registry)
+
+
+def forget_inherited() -> None:
+    """Make every registry of this process forget the pools it inherited (never closing them)."""
+    _after_in_child()
 
 
 def _after_in_child() -> None:

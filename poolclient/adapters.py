@@ -18,6 +18,7 @@ from .pool import CountedPool
 
 if TYPE_CHECKING:
     from requests.models import PreparedRequest
+    from urllib3 import PoolManager
     from urllib3.connectionpool import HTTPConnectionPool
 
     from .registry import Registry
@@ -45,6 +46,11 @@ class PoolAdapter(HTTPAdapter):
         self._pool_connections = args[0] if args else kwargs.get("connections", 0)
         self._pool_maxsize = args[1] if len(args) > 1 else kwargs.get("maxsize", 0)
         self._pool_block = kwargs.get("block", False)
+
+    @property
+    def poolmanager(self) -> PoolManager:  # type: ignore[override]
+        """The registry's pools in this process (looked up each time: forks change them)."""
+        return self.registry._pools()
 
     def build_connection_pool_key_attributes(
         self, request: PreparedRequest, verify: bool | str, cert: Any = None

@@ -1,13 +1,11 @@
-"""Every error poolclient raises itself; urllib3 and requests errors pass through unchanged."""
+"""poolclient's own errors; urllib3 and requests errors pass through unchanged.
+
+This module imports nothing from urllib3 (see ``poolclient/__init__``). The one error that
+must subclass a urllib3 class, :class:`~poolclient.pool.PoolTimeoutError`, lives with the
+pools.
+"""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from urllib3.exceptions import EmptyPoolError
-
-if TYPE_CHECKING:
-    from urllib3.connectionpool import ConnectionPool
 
 
 class PoolClientError(Exception):
@@ -36,25 +34,3 @@ class ForkSafetyError(PoolClientError, RuntimeError):
             f"process {pid}: could not take the registry lock after a fork that "
             "skipped os.register_at_fork handlers; another thread held it at fork time"
         )
-
-
-class PoolTimeoutError(EmptyPoolError, PoolClientError):
-    """Every connection to an origin stayed in use for the whole pool timeout.
-
-    A subclass of urllib3's ``EmptyPoolError``, so existing ``except`` clauses keep working.
-    """
-
-    def __init__(
-        self, pool: ConnectionPool | None, origin: str, maxsize: int, waited: float | None
-    ) -> None:
-        self.origin = origin
-        self.maxsize = maxsize
-        self.waited = waited
-        super().__init__(
-            pool,  # type: ignore[arg-type]
-            f"all {maxsize} connections to {origin} stayed in use for {waited} s "
-            "(POOLCLIENT_POOL_TIMEOUT)",
-        )
-
-    def __reduce__(self) -> tuple[type[PoolTimeoutError], tuple[None, str, int, float | None]]:
-        return (type(self), (None, self.origin, self.maxsize, self.waited))

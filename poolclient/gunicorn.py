@@ -11,22 +11,29 @@ Order in a worker, and why each step is where it is:
 
 - ``post_fork`` (child, straight after the fork, before gevent's monkey patch and before
   the app loads): forget anything inherited and size the pools for this worker. No lock,
-  pool or socket is created here; pools are created on first use, after the patch.
-- ``post_worker_init`` (child, app loaded): wrap the app in the middleware, unless it
-  already wraps itself.
+  pool or socket is created here, and urllib3 is not imported: pools are created on first
+  use, after the patch.
+- ``post_worker_init`` (child, app loaded, gevent patched): wrap the app in the middleware,
+  unless it already wraps itself.
 - ``worker_exit`` (normally the child; gunicorn also calls it in the master when the
   worker was already gone): close the pools, only in the process that owns them.
+
+This module imports urllib3 only inside hooks that run after the patch (see
+``poolclient/__init__``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
+from . import _fork
 from .config import Settings
 from .errors import ConfigError
-from .middleware import wrap
-from .registry import get_registry
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 __all__ = ["on_starting", "post_fork", "post_worker_init", "when_ready", "worker_exit"]
 
@@ -39,14 +46,21 @@ def check_settings() -> Settings:
         raise SystemExit(f"poolclient: {exc}") from None
 
 
-def default_maxsize(worker: Any) -> int:
-    """Connections per origin a worker of this kind needs to never wait on itself."""
+def worker_concurrency(worker: Any) -> int:
+    """Connections per origin a worker of this kind needs so it never waits on itself."""
     kind = type(worker).__name__
     if kind == "ThreadWorker":
         return max(1, int(worker.cfg.threads))
     if kind == "SyncWorker":
         return 1
     return 10
+
+
+def _loaded_registry() -> Registry | None:
+    # Only a registry some code already made: looking one up must not import urllib3 into
+    # a process that has not yet been monkey patched.
+    module = sys.modules.get("poolclient.registry")
+    return module._default if module is not None else None
 
 
 def on_starting(server: Any) -> None:
@@ -56,28 +70,29 @@ def on_starting(server: Any) -> None:
 
 def when_ready(server: Any) -> None:
     """Master, listening: warn when the master itself holds upstream connections."""
-    stats = get_registry().stats()
-    if stats.pools:
+    registry = _loaded_registry()
+    if registry is not None and registry.stats().pools:
         server.log.warning(
-            "poolclient: the master process holds %d upstream pool(s), made before the "
+            "poolclient: the master process holds upstream connections, made before the "
             "fork (--preload imports?). Workers never use them; each opens its own.",
-            len(stats.pools),
         )
 
 
 def post_fork(server: Any, worker: Any) -> None:
     """Worker, just forked: drop inherited pools (never closing them) and size new ones."""
-    registry = get_registry()
-    registry._forget_after_fork()
-    registry.default_maxsize = default_maxsize(worker)
+    _fork.forget_inherited()
+    _fork.set_concurrency(worker_concurrency(worker))
 
 
 def post_worker_init(worker: Any) -> None:
     """Worker, app loaded: make ``environ['http.pool']`` available to the app."""
+    from .middleware import wrap
+
     worker.wsgi = wrap(worker.wsgi)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
     """Worker leaving: close its pools. Never in the master, which owns none of them."""
-    if os.getpid() == worker.pid:
-        get_registry().close()
+    registry = _loaded_registry()
+    if registry is not None and os.getpid() == worker.pid:
+        registry.close()

@@ -12,11 +12,33 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import EmptyPoolError
 
-from .errors import PoolTimeoutError
+from .errors import PoolClientError
 from .stats import PoolSnapshot, PoolStats
+
+
+class PoolTimeoutError(EmptyPoolError, PoolClientError):
+    """Every connection to an origin stayed in use for the whole pool timeout.
+
+    A subclass of urllib3's ``EmptyPoolError``, so existing ``except`` clauses keep working.
+    """
+
+    def __init__(
+        self, pool: ConnectionPool | None, origin: str, maxsize: int, waited: float | None
+    ) -> None:
+        self.origin = origin
+        self.maxsize = maxsize
+        self.waited = waited
+        super().__init__(
+            pool,  # type: ignore[arg-type]
+            f"all {maxsize} connections to {origin} stayed in use for {waited} s "
+            "(POOLCLIENT_POOL_TIMEOUT)",
+        )
+
+    def __reduce__(self) -> tuple[type[PoolTimeoutError], tuple[None, str, int, float | None]]:
+        return (type(self), (None, self.origin, self.maxsize, self.waited))
 
 
 class _CountedHTTPConnection(HTTPConnection):
@@ -66,8 +88,9 @@ class _CountedQueue(queue.LifoQueue[Any]):
             raise
 
     def idle(self) -> int:
-        with self.mutex:
-            return sum(1 for conn in self.queue if conn is not None and not conn.is_closed)
+        # A copy taken in one C call, no lock: under gevent this class derives from
+        # gevent's LifoQueue, which has no ``mutex``.
+        return sum(1 for conn in tuple(self.queue) if conn is not None and not conn.is_closed)
 
 
 if TYPE_CHECKING:

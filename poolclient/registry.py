@@ -98,11 +98,13 @@ class Registry:
         Cloudant(user, key, url=url, adapter=pool.adapter())      # any HTTPAdapter user
 
     :param settings: defaults to :meth:`Settings.from_env`.
-    :param default_maxsize: the pool size when ``settings.maxsize`` is unset; the gunicorn
-        hooks set it to the worker's thread count.
+    :param default_maxsize: the pool size when ``settings.maxsize`` is unset; by default the
+        process's concurrency, which the gunicorn hooks set to the worker's thread count.
     """
 
-    def __init__(self, settings: Settings | None = None, *, default_maxsize: int = 10) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, default_maxsize: int | None = None
+    ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.default_maxsize = default_maxsize
         self._lock = threading.Lock()
@@ -124,7 +126,7 @@ class Registry:
     @property
     def maxsize(self) -> int:
         """Connections allowed per origin in this process."""
-        return self.settings.maxsize or self.default_maxsize
+        return self.settings.maxsize or self.default_maxsize or _fork.concurrency()
 
     def _pools(self) -> _ProcessPools:
         state = self._state
@@ -209,7 +211,7 @@ def get_registry() -> Registry:
     return _default
 
 
-def configure(settings: Settings | None = None, *, default_maxsize: int = 10) -> Registry:
+def configure(settings: Settings | None = None, *, default_maxsize: int | None = None) -> Registry:
     """Replace the process-global registry; the old one's pools close if this process owns them."""
     global _default
     with _default_lock:

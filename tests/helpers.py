@@ -99,16 +99,18 @@ class Gunicorn:
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, workers: int = 1, timeout: float = 20.0) -> None:
+        """Wait until gunicorn listens and ``workers`` workers have booted."""
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
+                    pass
             except OSError:
                 return False
-        wait_for(ready, timeout, "gunicorn to listen")
+            return len(self.worker_pids()) == workers and self.log().count("Booting worker") >= workers
+        wait_for(ready, timeout, f"gunicorn to listen with {workers} worker(s)")
 
     def log(self) -> str:
         with open(self.log_path) as f:

@@ -1,0 +1,216 @@
+"""Integration: real gunicorn processes against the real TLS upstream on loopback.
+
+The upstream, not the app, is the witness: it counts TCP connections and records which
+process (``X-Client-Pid``) wrote each request on each of them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import urllib3
+
+from tests.helpers import Gunicorn, Upstream, other_ca_file, refused_url, wait_for
+
+
+def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",)) -> Counter:
+    """``clients`` keep-alive clients calling ``url`` for ``seconds``; outcomes counted."""
+    deadline = time.monotonic() + seconds
+    totals: Counter = Counter()
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        seen: Counter = Counter()
+        with urllib3.PoolManager(maxsize=1, retries=False) as http:
+            i = n
+            while time.monotonic() < deadline:
+                path = paths[i % len(paths)]
+                i += 1
+                try:
+                    r = http.request("GET", url + path, timeout=30)
+                    seen[r.status] += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome
+                    seen[type(exc).__name__] += 1
+        with lock:
+            totals.update(seen)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return totals
+
+
+def health_by_worker(server: Gunicorn, workers: set[int]) -> dict[int, dict]:
+    """``/health`` from every worker: asked on fresh connections until each has answered."""
+    found: dict[int, dict] = {}
+
+    def all_seen() -> bool:
+        with urllib3.PoolManager(retries=False) as http:
+            r = http.request("GET", server.url + "/health", headers={"Connection": "close"})
+        doc = json.loads(r.data)
+        found[doc["pid"]] = doc
+        return workers <= set(found)
+
+    wait_for(all_seen, 20, "every worker to answer /health")
+    return {pid: found[pid] for pid in workers}
+
+
+@pytest.fixture
+def gunicorn(tmp_path) -> Iterator:
+    started: list[Gunicorn] = []
+
+    def start(args: list[str], env: dict[str, str]) -> Gunicorn:
+        server = Gunicorn(args, env, str(tmp_path / f"gunicorn-{len(started)}.log"))
+        started.append(server)
+        server.wait_ready(workers=int(args[args.index("-w") + 1]))
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+CASES = [
+    pytest.param(["-w", "2", "--threads", "1", "-k", "sync"], 2, 1, 0, id="sync"),
+    pytest.param(["-w", "2", "--threads", "4", "-k", "gthread"], 2, 4, 0, id="gthread"),
+    pytest.param(["-w", "2", "--threads", "4", "-k", "gthread", "--preload"], 2, 4, 3,
+                 id="gthread-preload-master-calls"),
+]
+
+
+@pytest.mark.parametrize(("args", "workers", "threads", "master_calls"), CASES)
+def test_workers_bounded_and_never_share_a_connection(
+    gunicorn, upstream: Upstream, args, workers, threads, master_calls
+):
+    """16 clients for 5 s: no errors, at most workers x threads upstream connections, each
+    written by one process only, /health agreeing with the upstream's own count."""
+    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
+           "MASTER_CALLS": str(master_calls)}
+    server = gunicorn([*args, "tests.apps.pidrelay:app"], env)
+    worker_pids = server.worker_pids()
+    assert len(worker_pids) == workers
+
+    outcomes = load(server.url, clients=16, seconds=5)
+    assert set(outcomes) == {200}, outcomes
+    assert outcomes[200] > 100
+
+    seen = upstream.stats()
+    conns = seen["connections"]
+    assert all(len(c["pids"]) == 1 for c in conns), "a connection was written by two processes"
+    master = str(server.proc.pid)
+    master_conns = [c for c in conns if c["pids"] == [master]]
+    worker_conns = [c for c in conns if c["pids"] != [master]]
+    assert [c["requests"] for c in master_conns] == ([master_calls] if master_calls else [])
+    assert {int(c["pids"][0]) for c in worker_conns} <= worker_pids
+    assert len(worker_conns) <= workers * threads
+    worker_requests = sum(c["requests"] for c in worker_conns)
+    assert worker_requests == outcomes[200]
+
+    health = health_by_worker(server, worker_pids)
+    assert sum(h["totals"]["requests"] for h in health.values()) == worker_requests
+    assert sum(h["totals"]["connections_opened"] for h in health.values()) == len(worker_conns)
+    assert all(h["maxsize"] >= threads for h in health.values())
+    assert all(h["totals"]["errors"] == 0 for h in health.values())
+
+    server.stop()
+    # worker_exit closed every worker's pool; the master's connection died with it.
+    wait_for(lambda: upstream.stats()["open"] == 0, 10, "upstream connections to close")
+
+
+def test_gevent_worker_is_bounded_by_maxsize(gunicorn, upstream: Upstream):
+    """gevent, POOLCLIENT_MAXSIZE=4, 32 concurrent clients: no errors, at most 4 connections."""
+    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
+           "POOLCLIENT_MAXSIZE": "4"}
+    server = gunicorn(["-w", "1", "-k", "gevent", "--worker-connections", "100",
+                       "tests.apps.pidrelay:app"], env)
+    outcomes = load(server.url, clients=32, seconds=3)
+    assert set(outcomes) == {200}, outcomes
+    conns = upstream.stats()["connections"]
+    assert 1 <= len(conns) <= 4
+    (health,) = health_by_worker(server, server.worker_pids()).values()
+    assert health["totals"]["connections_opened"] == len(conns)
+    assert health["totals"]["waits"] > 0  # 32 callers, 4 connections: some had to wait
+
+
+def test_cloudant_clients_built_per_request_reuse_connections(gunicorn, upstream: Upstream):
+    """python-cloudant with adapter= and the IBM SDK on .session(), both built per request:
+    at most workers x threads connections."""
+    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca}
+    server = gunicorn(["-w", "2", "--threads", "4", "-k", "gthread",
+                       "tests.apps.cloudant_app:app"], env)
+    outcomes = load(server.url, clients=16, seconds=3, paths=("/classic", "/sdk"))
+    assert set(outcomes) == {200}, outcomes
+    seen = upstream.stats()
+    assert seen["requests"] >= outcomes[200]
+    assert len(seen["connections"]) <= 8
+    assert all(len(c["pids"]) == 1 for c in seen["connections"])
+
+
+def _get_json(url: str) -> tuple[int, dict, float]:
+    started = time.monotonic()
+    with urllib3.PoolManager(retries=False) as http:
+        r = http.request("GET", url, timeout=30)
+    return r.status, json.loads(r.data), time.monotonic() - started
+
+
+def test_example_app_refused_upstream_is_502_json_and_worker_lives(gunicorn):
+    """A refused upstream answers 502 JSON naming the cause, well under the connect timeout,
+    and the same workers keep serving."""
+    server = gunicorn(["-w", "1", "--threads", "2"],
+                      {"UPSTREAM_URL": refused_url(), "POOLCLIENT_CONNECT_TIMEOUT": "5"})
+    pids = server.worker_pids()
+    status, body, elapsed = _get_json(server.url + "/upstream/items")
+    assert status == 502
+    assert "refused" in body["error"].lower()
+    assert elapsed < 5
+    status, health, _ = _get_json(server.url + "/health")
+    assert status == 200 and {health["pid"]} == pids == server.worker_pids()
+    assert health["totals"]["errors"] >= 1
+
+
+def test_example_app_untrusted_certificate_is_502_json(gunicorn, upstream: Upstream, tmp_path):
+    """An upstream whose certificate the configured CA did not sign: 502 JSON saying the
+    certificate failed verification; the worker stays up."""
+    server = gunicorn(["-w", "1", "--threads", "2"],
+                      {"UPSTREAM_URL": upstream.url,
+                       "POOLCLIENT_CA_BUNDLE": other_ca_file(str(tmp_path))})
+    pids = server.worker_pids()
+    status, body, elapsed = _get_json(server.url + "/upstream/items")
+    assert status == 502
+    assert "certificate verify failed" in body["error"]
+    assert elapsed < 5
+    assert server.worker_pids() == pids
+    assert upstream.stats()["requests"] == 0  # nothing was sent over an unverified channel
+
+
+def test_example_app_relays_through_the_pool(gunicorn, upstream: Upstream):
+    """The example app under gunicorn relays path, query and status, reusing connections."""
+    server = gunicorn(["-w", "1", "--threads", "4"],
+                      {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca})
+    for i in range(5):
+        status, body, _ = _get_json(server.url + f"/upstream/items?page={i}")
+        assert status == 200 and body["path"] == "/items" and body["query"] == f"page={i}"
+    status, body, _ = _get_json(server.url + "/upstream/status/404")
+    assert status == 404 and body == {"status": 404}
+    seen = upstream.stats()
+    assert seen["requests"] == 6 and len(seen["connections"]) == 1
+
+
+@pytest.mark.parametrize("hook, arity", [("on_starting", 1), ("when_ready", 1),
+                                         ("post_fork", 2), ("post_worker_init", 1),
+                                         ("worker_exit", 2)])
+def test_hooks_have_the_signatures_gunicorn_validates(hook, arity):
+    """Each hook passes gunicorn's own arity validator."""
+    from gunicorn.config import validate_callable
+
+    import poolclient.gunicorn
+
+    fn = getattr(poolclient.gunicorn, hook)
+    assert validate_callable(arity)(fn) is fn
