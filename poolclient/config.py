@@ -1,7 +1,7 @@
 """Settings: one declarative table, read from the environment or given in code.
 
 Each field of :class:`Settings` carries its environment variable, a validator and a doc
-string in its metadata; ``python -m poolclient.config`` prints the table the README shows.
+string in its metadata; ``python -m poolclient`` prints the table the README shows.
 A bad value raises :class:`~poolclient.errors.ConfigError` whose one-line message names the
 setting, the value and what is allowed, before any pool exists.
 """
@@ -211,7 +211,3 @@ def settings_table() -> str:
         default = "unset" if spec.default is None else f"`{spec.default}`"
         rows.append(f"| `{spec.metadata['env']}` | {default} | {spec.metadata['doc']} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(settings_table())
