@@ -34,15 +34,25 @@ def _number(value: object, kind: type[int] | type[float]) -> int | float:
     raise ValueError
 
 
-def positive_int(value: object) -> int:
-    """An integer of at least 1."""
+def _integer(value: object, minimum: int) -> int:
+    allowed = f"expected an integer of at least {minimum}"
     try:
         number = int(_number(value, int))
     except ValueError:
-        raise ValueError("expected an integer of at least 1") from None
-    if number < 1:
-        raise ValueError("expected an integer of at least 1")
+        raise ValueError(allowed) from None
+    if number < minimum:
+        raise ValueError(allowed)
     return number
+
+
+def positive_int(value: object) -> int:
+    """An integer of at least 1."""
+    return _integer(value, 1)
+
+
+def non_negative_int(value: object) -> int:
+    """An integer of at least 0."""
+    return _integer(value, 0)
 
 
 def optional_positive_int(value: object) -> int | None:
@@ -53,17 +63,6 @@ def optional_positive_int(value: object) -> int | None:
         return positive_int(value)
     except ValueError:
         raise ValueError("expected an integer of at least 1, or unset for the default") from None
-
-
-def non_negative_int(value: object) -> int:
-    """An integer of at least 0."""
-    try:
-        number = int(_number(value, int))
-    except ValueError:
-        raise ValueError("expected an integer of at least 0") from None
-    if number < 0:
-        raise ValueError("expected an integer of at least 0")
-    return number
 
 
 def positive_seconds(value: object) -> float:

@@ -41,7 +41,14 @@ class PoolTimeoutError(EmptyPoolError, PoolClientError):
         return (type(self), (None, self.origin, self.maxsize, self.waited))
 
 
-class _CountedHTTPConnection(HTTPConnection):
+if TYPE_CHECKING:
+    _ConnectionBase = HTTPConnection
+    _PoolBase = HTTPConnectionPool
+else:
+    _ConnectionBase = _PoolBase = object
+
+
+class _CountsConnects(_ConnectionBase):
     stats: PoolStats | None = None
 
     def connect(self) -> None:
@@ -50,13 +57,12 @@ class _CountedHTTPConnection(HTTPConnection):
             self.stats.opened()
 
 
-class _CountedHTTPSConnection(HTTPSConnection):
-    stats: PoolStats | None = None
+class _CountedHTTPConnection(_CountsConnects, HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        if self.stats is not None:
-            self.stats.opened()
+
+class _CountedHTTPSConnection(_CountsConnects, HTTPSConnection):
+    pass
 
 
 class _CountedQueue(queue.LifoQueue[Any]):
@@ -91,12 +97,6 @@ class _CountedQueue(queue.LifoQueue[Any]):
         # A copy taken in one C call, no lock: under gevent this class derives from
         # gevent's LifoQueue, which has no ``mutex``.
         return sum(1 for conn in tuple(self.queue) if conn is not None and not conn.is_closed)
-
-
-if TYPE_CHECKING:
-    _PoolBase = HTTPConnectionPool
-else:
-    _PoolBase = object
 
 
 class CountedPool(_PoolBase):
