@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -93,7 +94,10 @@ class Relay:
             return _json(start_response, 405, {"error": f"method {method} not allowed"},
                          method, [("Allow", "GET, HEAD")])
         pool: Registry = environ["http.pool"]
-        url = f"{self.upstream}/{path[len(PREFIX):]}"
+        # PATH_INFO arrives decoded (as latin-1, PEP 3333): encode it again, or "%3F" would
+        # start a query upstream and UTF-8 would be encoded twice.
+        rest = quote(path[len(PREFIX):].encode("latin-1"), safe="/:@!$&'()*+,;=")
+        url = f"{self.upstream}/{rest}"
         if environ.get("QUERY_STRING"):
             url += "?" + environ["QUERY_STRING"]
         try:

@@ -84,6 +84,8 @@ def boolean(value: object) -> bool:
     """true/false, yes/no, on/off or 1/0."""
     if isinstance(value, bool):
         return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError("expected one of true/false, yes/no, on/off, 1/0")

@@ -109,7 +109,8 @@ class Gunicorn:
                     pass
             except OSError:
                 return False
-            return len(self.worker_pids()) == workers and self.log().count("Booting worker") >= workers
+            booted = self.log().count("Booting worker")
+            return len(self.worker_pids()) == workers and booted >= workers
         wait_for(ready, timeout, f"gunicorn to listen with {workers} worker(s)")
 
     def log(self) -> str:
