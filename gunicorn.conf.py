@@ -12,7 +12,7 @@ from poolclient.gunicorn import (  # noqa: F401 - gunicorn reads these names
     on_starting,
     post_fork,
     post_worker_init,
-    when_ready,
+    pre_fork,
     worker_exit,
 )
 

@@ -2,13 +2,15 @@
 
 Import them into a gunicorn config file (the project's ``gunicorn.conf.py`` does)::
 
-    from poolclient.gunicorn import on_starting, post_fork, post_worker_init, worker_exit
+    from poolclient.gunicorn import on_starting, pre_fork, post_fork, post_worker_init, worker_exit
 
 Each has exactly the signature gunicorn validates. If your config defines a hook of the
 same name, call ours from it.
 
 Order in a worker, and why each step is where it is:
 
+- ``pre_fork`` (master, before each fork): close any connections the master made itself,
+  so that workers inherit none. Workers would never use them anyway (see ``_fork``).
 - ``post_fork`` (child, straight after the fork, before gevent's monkey patch and before
   the app loads): forget anything inherited and size the pools for this worker. No lock,
   pool or socket is created here, and urllib3 is not imported: pools are created on first
@@ -35,7 +37,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["on_starting", "post_fork", "post_worker_init", "when_ready", "worker_exit"]
+__all__ = ["on_starting", "post_fork", "post_worker_init", "pre_fork", "worker_exit"]
 
 
 def check_settings() -> Settings:
@@ -68,14 +70,13 @@ def on_starting(server: Any) -> None:
     check_settings()
 
 
-def when_ready(server: Any) -> None:
-    """Master, listening: warn when the master itself holds upstream connections."""
+def pre_fork(server: Any, worker: Any) -> None:
+    """Master, before each fork: close connections the master made itself (``--preload``
+    imports that called out), so that no worker even inherits one."""
     registry = _loaded_registry()
-    if registry is not None and registry.stats().pools:
-        server.log.warning(
-            "poolclient: the master process holds upstream connections, made before the "
-            "fork (--preload imports?). Workers never use them; each opens its own.",
-        )
+    if registry is not None and registry.stats().pools and registry.close():
+        server.log.info("poolclient: closed the master's own upstream connections before "
+                        "forking; each worker opens its own")
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -108,6 +108,8 @@ def test_workers_bounded_and_never_share_a_connection(
     master_conns = [c for c in conns if c["pids"] == [master]]
     worker_conns = [c for c in conns if c["pids"] != [master]]
     assert [c["requests"] for c in master_conns] == ([master_calls] if master_calls else [])
+    # pre_fork closed the master's connection before the first worker was forked.
+    assert not any(c["open"] for c in master_conns)
     assert {int(c["pids"][0]) for c in worker_conns} <= worker_pids
     assert len(worker_conns) <= workers * threads
     worker_requests = sum(c["requests"] for c in worker_conns)
@@ -203,7 +205,7 @@ def test_example_app_relays_through_the_pool(gunicorn, upstream: Upstream):
     assert seen["requests"] == 6 and len(seen["connections"]) == 1
 
 
-@pytest.mark.parametrize("hook, arity", [("on_starting", 1), ("when_ready", 1),
+@pytest.mark.parametrize("hook, arity", [("on_starting", 1), ("pre_fork", 2),
                                          ("post_fork", 2), ("post_worker_init", 1),
                                          ("worker_exit", 2)])
 def test_hooks_have_the_signatures_gunicorn_validates(hook, arity):
