@@ -60,7 +60,10 @@ class _ProcessPools(PoolManager):
         merged = super()._merge_pool_kwargs(override)
         # Trust is a pool setting: a caller's verify=True or an inherited REQUESTS_CA_BUNDLE
         # must not swap the configured CAs for others. verify=False still turns it off.
+        # Written out in full so that .request() (no cert_reqs) and requests' verify=True
+        # (CERT_REQUIRED) share one pool, and one maxsize, per origin.
         if self.ca_bundle and merged.get("cert_reqs") not in _NO_VERIFY:
+            merged["cert_reqs"] = "CERT_REQUIRED"
             merged["ca_certs"] = self.ca_bundle
             merged.pop("ca_cert_dir", None)
         return merged

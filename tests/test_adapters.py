@@ -1,0 +1,236 @@
+"""requests on the shared pools (poolclient.adapters) against the real TLS upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+import requests
+from urllib3.exceptions import EmptyPoolError, ReadTimeoutError
+
+from poolclient import PoolTimeoutError, Registry, Settings
+from tests.helpers import other_ca_file, wait_for
+
+SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+
+
+@pytest.fixture
+def env_bundles(monkeypatch: pytest.MonkeyPatch) -> str:
+    """REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE point at the system bundle, as on this host."""
+    if not os.path.exists(SYSTEM_BUNDLE):
+        pytest.skip(f"no system CA bundle at {SYSTEM_BUNDLE}")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", SYSTEM_BUNDLE)
+    monkeypatch.setenv("CURL_CA_BUNDLE", SYSTEM_BUNDLE)
+    return SYSTEM_BUNDLE
+
+
+def conn_id(response: requests.Response) -> int:
+    """The upstream connection a response came on."""
+    assert response.status_code == 200, response.text
+    return int(response.json()["connection"])
+
+
+def test_registry_ca_bundle_wins_over_env_bundles(registry, upstream, env_bundles):
+    """With REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE set to the system bundle, a registry session
+    still trusts POOLCLIENT_CA_BUNDLE, with or without an explicit verify=True."""
+    # The environment really is in force: plain requests follows it, and fails.
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(upstream.url + "/plain", timeout=5)
+    with registry.session() as session:
+        assert session.merge_environment_settings(upstream.url, {}, None, True, None)[
+            "verify"] == env_bundles
+        assert session.get(upstream.url + "/a").status_code == 200
+        assert session.get(upstream.url + "/b", verify=True).status_code == 200
+    totals = registry.stats().totals()
+    assert (totals["requests"], totals["errors"]) == (2, 0)
+
+
+def test_registry_with_another_ca_rejects_upstream_even_with_verify_true(
+    upstream, env_bundles, tmp_path
+):
+    """A registry trusting only another CA fails TLS for verify=True, the environment's
+    bundle and a verify=<path> alike; verify=False still connects."""
+    registry = Registry(Settings(ca_bundle=other_ca_file(str(tmp_path)), maxsize=2))
+    try:
+        with registry.session() as session:
+            for verify in (True, None, upstream.ca):
+                kwargs = {} if verify is None else {"verify": verify}
+                with pytest.raises(requests.exceptions.SSLError):
+                    session.get(upstream.url + "/x", **kwargs)
+            assert session.get(upstream.url + "/y", verify=False).status_code == 200
+        assert upstream.stats()["requests"] == 1
+    finally:
+        registry.close()
+
+
+@pytest.mark.parametrize("env", ["env-bundles", "no-env-bundles"])
+def test_without_ca_bundle_requests_verify_semantics_are_kept(upstream, monkeypatch, env):
+    """With no ca_bundle, verify=<upstream CA> connects and verify=True (the environment's
+    bundle or certifi) fails, even after a verified connection to the same origin exists."""
+    if env == "env-bundles":
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", SYSTEM_BUNDLE)
+        monkeypatch.setenv("CURL_CA_BUNDLE", SYSTEM_BUNDLE)
+    else:
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    registry = Registry(Settings(maxsize=2))
+    try:
+        with registry.session() as session:
+            assert session.get(upstream.url + "/ok", verify=upstream.ca).status_code == 200
+            with pytest.raises(requests.exceptions.SSLError):
+                session.get(upstream.url + "/no", verify=True)
+            with pytest.raises(requests.exceptions.SSLError):
+                session.get(upstream.url + "/no")
+        assert upstream.stats()["requests"] == 1
+    finally:
+        registry.close()
+
+
+def test_session_close_leaves_shared_pools_open(registry, upstream):
+    """After Session.close(), a new session's request reuses the same upstream connection."""
+    first = registry.session()
+    conn = conn_id(first.get(upstream.url + "/1"))
+    first.close()
+    with registry.session() as second:
+        assert conn_id(second.get(upstream.url + "/2")) == conn
+    seen = upstream.stats()
+    assert len(seen["connections"]) == 1
+    assert seen["open"] == 1
+    assert registry.stats().totals()["connections_opened"] == 1
+
+
+def test_adapter_close_leaves_shared_pools_open(registry, upstream):
+    """After PoolAdapter.close() (as a library closing its own adapter), the shared
+    connection stays open and the next session reuses it."""
+    adapter = registry.adapter()
+    session = requests.Session()
+    session.mount("https://", adapter)
+    conn = conn_id(session.get(upstream.url + "/1"))
+    adapter.close()
+    session.close()
+    assert len(registry.stats().pools) == 1
+    with registry.session() as other:
+        assert conn_id(other.get(upstream.url + "/2")) == conn
+    # The closed adapter itself still works: it looks the pools up on every send.
+    assert conn_id(session.get(upstream.url + "/3")) == conn
+    seen = upstream.stats()
+    assert len(seen["connections"]) == 1
+    assert seen["open"] == 1
+
+
+def test_sessions_share_connections_but_not_cookies(registry, upstream):
+    """A cookie set on session A is sent by A and not by session B, although both requests
+    travel on the same pooled connection."""
+    with registry.session() as a, registry.session() as b:
+        a.cookies.set("token", "secret-of-a")
+        ra = a.get(upstream.url + "/a")
+        rb = b.get(upstream.url + "/b")
+        assert "token=secret-of-a" in ra.request.headers.get("Cookie", "")
+        assert "Cookie" not in rb.request.headers
+        assert len(b.cookies) == 0
+        assert conn_id(rb) == conn_id(ra)
+
+
+def test_a_session_per_request_opens_one_connection(registry, upstream):
+    """Fifty short-lived sessions, one request each, share one upstream connection."""
+    conns = set()
+    for i in range(50):
+        with registry.session() as session:
+            conns.add(conn_id(session.get(f"{upstream.url}/{i}")))
+    assert len(conns) == 1
+    seen = upstream.stats()
+    assert (len(seen["connections"]), seen["requests"]) == (1, 50)
+    totals = registry.stats().totals()
+    assert (totals["connections_opened"], totals["requests"], totals["reused"]) == (1, 50, 49)
+
+
+def test_request_without_timeout_gets_the_registrys_read_timeout(upstream):
+    """read_timeout=0.5 applies to a session request given no timeout: /slow?seconds=2
+    fails with a read timeout well before the upstream answers."""
+    registry = Registry(Settings(ca_bundle=upstream.ca, read_timeout=0.5))
+    try:
+        with registry.session() as session:
+            started = time.monotonic()
+            with pytest.raises((requests.exceptions.ReadTimeout,
+                                requests.exceptions.ConnectionError)) as caught:
+                session.get(upstream.url + "/slow?seconds=2")
+            elapsed = time.monotonic() - started
+        exc = caught.value
+        assert isinstance(exc, requests.exceptions.ReadTimeout) or any(
+            isinstance(arg, ReadTimeoutError) for arg in exc.args), repr(exc)
+        assert elapsed < 1.5
+        assert registry.stats().totals()["errors"] == 1
+    finally:
+        registry.close()
+
+
+def test_explicit_timeout_overrides_the_registrys(upstream):
+    """A timeout given to the request wins over the registry's shorter read_timeout."""
+    registry = Registry(Settings(ca_bundle=upstream.ca, read_timeout=0.2))
+    try:
+        with registry.session() as session:
+            r = session.get(upstream.url + "/slow?seconds=0.5", timeout=5)
+        assert r.status_code == 200
+        assert registry.stats().totals()["errors"] == 0
+    finally:
+        registry.close()
+
+
+def test_pool_timeout_through_a_session(upstream):
+    """maxsize=1, pool_timeout=0.3: while another thread holds the only connection, a
+    session request fails with PoolTimeoutError (an EmptyPoolError) and a wait is counted."""
+    registry = Registry(Settings(ca_bundle=upstream.ca, maxsize=1, pool_timeout=0.3))
+    errors: list[BaseException] = []
+    statuses: list[int] = []
+
+    def hold() -> None:
+        try:
+            with registry.session() as session:
+                statuses.append(session.get(upstream.url + "/slow?seconds=2").status_code)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        def holding() -> bool:
+            if errors:
+                raise errors[0]
+            return registry.stats().totals()["in_use"] == 1
+
+        wait_for(holding, 10, "the holder to check out the only connection")
+        with registry.session() as session:
+            started = time.monotonic()
+            with pytest.raises(PoolTimeoutError) as caught:
+                session.get(upstream.url + "/waiter")
+            elapsed = time.monotonic() - started
+        assert isinstance(caught.value, EmptyPoolError)
+        assert caught.value.maxsize == 1
+        assert 0.25 <= elapsed < 1.5
+        totals = registry.stats().totals()
+        assert totals["waits"] >= 1
+        assert totals["errors"] >= 1
+        assert totals["connections_opened"] == 1
+    finally:
+        holder.join(10)
+        registry.close()
+    assert not errors
+    assert statuses == [200]
+    assert upstream.stats()["requests"] == 1  # the waiter never reached the upstream
+
+
+def test_request_and_session_share_one_pool_per_origin(registry, upstream):
+    """registry.request() and a registry session to the same origin share one pool, so one
+    connection serves both and maxsize bounds them together."""
+    r = registry.request("GET", upstream.url + "/raw")
+    assert r.status == 200
+    with registry.session() as session:
+        second = conn_id(session.get(upstream.url + "/session"))
+    assert len(registry.stats().pools) == 1
+    assert second == int(json.loads(r.data)["connection"])
+    assert len(upstream.stats()["connections"]) == 1
