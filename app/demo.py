@@ -8,6 +8,7 @@ free loopback port with a CA generated into ``run/certs``, and trusts that CA th
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -42,6 +43,8 @@ def main() -> None:
     gunicorn = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=HERE, env=env
     )
+    # SIGTERM (systemd, timeout, kill) stops gunicorn gracefully, then the demo upstream.
+    signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
     try:
         code = gunicorn.wait()
     except KeyboardInterrupt:
