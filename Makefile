@@ -2,25 +2,24 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
-
 .PHONY: run test lint clean
 
-$(STAMP): pyproject.toml
+# One stamp per extra: make run installs only what the service needs.
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$*]'
+	touch $@
 
 ## make run: the example service on http://127.0.0.1:8000 (offline demo upstream unless UPSTREAM_URL is set)
-run: $(STAMP)
+run: $(VENV)/.installed-demo
 	$(BIN)/python -m app.demo
 
 ## make test: ruff, mypy --strict, and the whole test suite
-test: $(STAMP) lint
+test: lint
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-test
 	$(BIN)/ruff check poolclient app tests gunicorn.conf.py
 	$(BIN)/mypy
 

@@ -33,12 +33,13 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from poolclient import ConfigError, Registry
+from poolclient import ConfigError, PoolClientError, Registry
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 PREFIX = "/upstream/"
+_PATH_SAFE = "/:@!$&'()*+,;="
 
 
 def upstream_url(environ: Mapping[str, str] | None = None) -> str:
@@ -94,20 +95,24 @@ class Relay:
             return _json(start_response, 405, {"error": f"method {method} not allowed"},
                          method, [("Allow", "GET, HEAD")])
         pool: Registry = environ["http.pool"]
+        rest = path[len(PREFIX):]
+        if any(segment in (".", "..") for segment in rest.split("/")):
+            # urllib3 would resolve them: /upstream/../admin must not leave UPSTREAM_URL.
+            return _json(start_response, 400, {"error": "dot segments are not relayed"},
+                         method)
         # PATH_INFO arrives decoded (as latin-1, PEP 3333): encode it again, or "%3F" would
         # start a query upstream and UTF-8 would be encoded twice.
-        rest = quote(path[len(PREFIX):].encode("latin-1"), safe="/:@!$&'()*+,;=")
-        url = f"{self.upstream}/{rest}"
+        url = self.upstream + "/" + quote(rest.encode("latin-1", "replace"), safe=_PATH_SAFE)
         if environ.get("QUERY_STRING"):
             url += "?" + environ["QUERY_STRING"]
         try:
             response = pool.request("GET", url)
-        except (HTTPError, OSError) as exc:
+        except (HTTPError, OSError, PoolClientError) as exc:
             status, cause, headers = classify(exc, pool.settings.pool_timeout)
             return _json(start_response, status, {"error": cause}, method, headers)
         try:
             body = json.loads(response.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             ctype = response.headers.get("Content-Type", "none")
             cause = (f"upstream answered {response.status} with a non-JSON body "
                      f"(Content-Type: {ctype})")

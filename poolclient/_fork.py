@@ -9,6 +9,13 @@
 # ssl sends no close_notify on close). HTTP/2 connections, whose close writes a GOAWAY, are
 # never created by poolclient's pool classes.
 #
+# Forgetting must not run urllib3's finalizers in the child either: they drain each pool's
+# queue under its lock, and a lock another parent thread held at fork time is held forever
+# in the child, so the fork handler would hang. Inherited pools are therefore buried: kept
+# referenced for the life of the child and never touched again. Only the child's copies of
+# the idle sockets' file descriptors are released (read without locks: the child has one
+# thread), so the parent's later close still reaches the upstream as a FIN.
+#
 # Two layers detect a fork:
 # 1. ``os.register_at_fork(after_in_child=...)`` runs in the child of every ``os.fork()``
 #    (gunicorn, multiprocessing 'fork') before any other code. It only rebinds: each live
@@ -33,6 +40,12 @@ class _ForkAware(Protocol):
 
 
 _registries: weakref.WeakSet[_ForkAware] = weakref.WeakSet()
+_graveyard: list[object] = []
+
+
+def bury(inherited: object) -> None:
+    """Keep ``inherited`` alive and untouched in this child, so no finalizer of it runs."""
+    _graveyard.append(inherited)
 
 # How many callers of this process may need a connection at once: the pool size used when
 # POOLCLIENT_MAXSIZE is unset. The gunicorn hooks set it per worker (its thread count).

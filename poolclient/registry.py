@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from urllib3 import PoolManager
+from urllib3.poolmanager import SSL_KEYWORDS
 from urllib3.util import Retry, Timeout
 
 from . import _fork
@@ -82,6 +83,29 @@ class _ProcessPools(PoolManager):
             pools = list(self.pools._container.values())
         return [p for p in pools if isinstance(p, CountedPool)]
 
+    def abandon(self) -> None:
+        """In a forked child: release this process's copies of the idle sockets' descriptors.
+
+        No lock is taken (another parent thread may have held it at fork time) and nothing
+        is sent: ``detach()`` then ``os.close()`` is close(2) on the child's descriptor only.
+        """
+        for pool in list(self.pools._container.values()):
+            queue = pool.pool
+            for conn in tuple(queue.queue) if queue is not None else ():
+                sock = getattr(conn, "sock", None)
+                if sock is not None and sock.fileno() != -1:  # -1: released already
+                    os.close(sock.detach())
+
+    def connection_from_host(
+        self, host: str | None, port: int | None = None, scheme: str | None = "http",
+        pool_kwargs: dict[str, Any] | None = None,
+    ) -> HTTPConnectionPool:
+        # TLS arguments are part of urllib3's pool key even for http://; dropping them
+        # keeps one pool, and one maxsize, per plain-HTTP origin whatever verify= said.
+        if scheme == "http" and pool_kwargs:
+            pool_kwargs = {k: v for k, v in pool_kwargs.items() if k not in SSL_KEYWORDS}
+        return super().connection_from_host(host, port, scheme, pool_kwargs)
+
     def close(self) -> None:
         """Close every pool: idle connections now, checked-out ones when returned."""
         for pool in self.live_pools():
@@ -144,6 +168,9 @@ class Registry:
         try:
             state = self._state
             if state is None or state.pid != pid:
+                if state is not None:  # inherited, and the at-fork handler did not run
+                    state.abandon()
+                    _fork.bury(state)
                 state = _ProcessPools(self.settings, self.maxsize)
                 self._state = state
             return state
@@ -151,9 +178,12 @@ class Registry:
             self._lock.release()
 
     def _forget_after_fork(self) -> None:
-        # In the child, straight after fork: rebind, never close (see _fork).
+        # In the child, straight after fork: rebind and bury, never close (see _fork).
+        inherited, self._state = self._state, None
         self._lock = threading.Lock()
-        self._state = None
+        if inherited is not None and inherited.pid != os.getpid():
+            inherited.abandon()
+            _fork.bury(inherited)
 
     def request(self, method: str, url: str, **kw: Any) -> BaseHTTPResponse:
         """Send a request through the shared pools; arguments as urllib3's ``request()``."""

@@ -87,7 +87,7 @@ class PoolStats:
 
     def checked_in(self) -> None:
         with self._lock:
-            self._in_use = max(0, self._in_use - 1)
+            self._in_use -= 1
 
     def waited(self) -> None:
         """A caller found every connection in use and had to wait."""

@@ -234,3 +234,39 @@ def test_request_and_session_share_one_pool_per_origin(registry, upstream):
     assert len(registry.stats().pools) == 1
     assert second == int(json.loads(r.data)["connection"])
     assert len(upstream.stats()["connections"]) == 1
+
+
+def test_plain_http_origin_has_one_pool_whatever_verify_says():
+    """For http:// the TLS arguments requests adds never split one origin into several pools."""
+    import http.server
+
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    reg = Registry(Settings(maxsize=2))
+    try:
+        reg.request("GET", url)
+        with reg.session() as s:
+            s.get(url)
+            s.get(url, verify=False)
+            s.trust_env = False
+            s.get(url)
+        (pool,) = reg.stats().pools
+        assert (pool.requests, pool.connections_opened) == (4, 1)
+    finally:
+        reg.close()
+        server.shutdown()
+        server.server_close()

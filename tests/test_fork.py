@@ -159,19 +159,22 @@ def test_child_uses_its_own_connection_and_parent_keeps_its_own(registry, upstre
 def test_child_that_never_uses_the_registry_leaves_parent_connection_open(
     registry, upstream, how
 ):
-    """A child that only garbage-collects the inherited pools and calls close() leaves the
-    parent's connection open on the server and reusable by the parent."""
+    """A child that garbage-collects and calls close() leaves the parent's connection open on
+    the server and reusable by the parent; the inherited pools are buried, not finalized."""
     conn_a = get(registry, upstream)["connection"]
     inherited = weakref.ref(registry._state)  # type: ignore[arg-type]
 
     def child() -> dict[str, Any]:
-        gc.collect()  # urllib3's finalizers close the inherited sockets: close(2), no FIN
+        gc.collect()
         closed = registry.close()
         gc.collect()
-        return {"closed": closed, "inherited_freed": inherited() is None}
+        buried = inherited()
+        # Buried, never finalized in the child; its copies of idle descriptors released.
+        fds = [c.sock.fileno() for p in buried.live_pools() for c in p.pool.queue if c]
+        return {"closed": closed, "buried": buried is not None, "fds": fds}
 
     out = assert_ok(run_child(child, how))
-    assert out == {"closed": False, "inherited_freed": True}
+    assert out == {"closed": False, "buried": True, "fds": [-1]}
 
     seen = connections(upstream)
     assert list(seen) == [conn_a]
@@ -342,3 +345,28 @@ def test_gunicorn_worker_exit_closes_only_in_the_owning_process(registry, upstre
     assert registry.stats().pools == ()
     assert registry._state is None
     wait_for(lambda: upstream.stats()["open"] == 0, 10, "the closed pool's connection to end")
+
+
+def test_fork_while_another_thread_holds_a_pool_queue_lock(registry, upstream):
+    """A child forked while another thread holds an idle pool's queue lock does not hang in
+    the at-fork handler (inherited pools are buried, never drained) and can make requests."""
+    get(registry, upstream)
+    (pool,) = registry._state.live_pools()  # type: ignore[union-attr]
+    queue_lock = pool.pool.mutex
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with queue_lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        out = assert_ok(run_child(lambda: get(registry, upstream), "os.fork"))
+    finally:
+        release.set()
+        holder.join(10)
+    assert out["path"] == "/"

@@ -256,3 +256,12 @@ def test_upstream_url_strips_trailing_slash() -> None:
     """upstream_url() returns a good URL without its trailing slash."""
     assert upstream_url({"UPSTREAM_URL": "https://api.internal:8443/"}) == (
         "https://api.internal:8443")
+
+
+@pytest.mark.parametrize("path", ["/upstream/../admin", "/upstream/a/./b", "/upstream/a/.."])
+def test_dot_segments_are_refused_not_resolved(relay: webtest.TestApp, upstream: Upstream,
+                                               path: str) -> None:
+    """Dot segments answer 400 JSON and never reach the upstream (no escape from its base)."""
+    r = relay.get(path, status=400)
+    assert "dot segments" in r.json["error"]
+    assert upstream.stats()["requests"] == 0
