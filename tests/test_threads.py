@@ -61,17 +61,9 @@ def test_threads_share_at_most_k_connections(upstream: Upstream, k: int):
 
     try:
         raise_first(hammer(THREADS, work))
+        pool = assert_bounded(registry, upstream, statuses, k)
         total = THREADS * PER_THREAD
-        assert statuses == [200] * total
-
-        seen = upstream.stats()
-        assert 1 <= len(seen["connections"]) <= k
-        assert seen["requests"] == total
-
-        (pool,) = registry.stats().pools
         assert pool.maxsize == k
-        assert pool.requests == total
-        assert pool.connections_opened == len(seen["connections"])
         assert pool.reused == total - pool.connections_opened
         assert pool.in_use == 0
         assert pool.idle <= k
@@ -81,6 +73,19 @@ def test_threads_share_at_most_k_connections(upstream: Upstream, k: int):
             assert pool.waits > 0  # 16 callers, 1 connection: someone had to wait
     finally:
         registry.close()
+
+def assert_bounded(registry, upstream, statuses: list[int], k: int):
+    """All THREADS x PER_THREAD calls answered 200 over at most k connections, as both the
+    upstream and the pool count them; returns the pool's snapshot."""
+    total = THREADS * PER_THREAD
+    assert statuses == [200] * total
+    seen = upstream.stats()
+    assert 1 <= len(seen["connections"]) <= k
+    assert seen["requests"] == total
+    (pool,) = registry.stats().pools
+    assert pool.requests == total
+    assert pool.connections_opened == len(seen["connections"])
+    return pool
 
 
 def test_non_blocking_pool_overflow_is_counted_as_discarded(upstream: Upstream):
@@ -124,14 +129,7 @@ def test_one_session_per_thread_stays_bounded(upstream: Upstream, k: int):
 
     try:
         raise_first(hammer(THREADS, work))
-        total = THREADS * PER_THREAD
-        assert statuses == [200] * total
-        seen = upstream.stats()
-        assert 1 <= len(seen["connections"]) <= k
-        assert seen["requests"] == total
-        (pool,) = registry.stats().pools
-        assert pool.requests == total
-        assert pool.connections_opened == len(seen["connections"])
+        pool = assert_bounded(registry, upstream, statuses, k)
         assert (pool.in_use, pool.errors, pool.discarded) == (0, 0, 0)
         assert pool.idle == pool.connections_opened
     finally:
