@@ -139,15 +139,11 @@ class Registry:
         _fork.track(self)
 
     def __repr__(self) -> str:
-        state = self._state
-        if state is None or state.pid != os.getpid():
-            return f"<Registry [no pools | maxsize {self.maxsize}] pid {os.getpid()}>"
-        snaps = [p.snapshot() for p in state.live_pools()]
-        in_use = sum(s.in_use for s in snaps)
-        idle = sum(s.idle for s in snaps)
+        snapshot = self.stats()
+        totals = snapshot.totals()
         return (
-            f"<Registry [pools {len(snaps)} | in use {in_use}, idle {idle} | "
-            f"maxsize {self.maxsize}] pid {state.pid}>"
+            f"<Registry [pools {len(snapshot.pools)} | in use {totals['in_use']}, "
+            f"idle {totals['idle']} | maxsize {self.maxsize}] pid {snapshot.pid}>"
         )
 
     @property
