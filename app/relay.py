@@ -6,9 +6,13 @@ names its cause, never a traceback:
 =================================================  ======================================
 upstream refused, unknown host, TLS failure,       502
 broken or non-JSON answer
-upstream (connect or read) timed out               504
+upstream (connect or read) timed out, or the      504
+call's deadline passed
 every pooled connection busy for the pool timeout  503 with ``Retry-After``
 =================================================  ======================================
+
+Credentials in ``UPSTREAM_URL`` (``https://user:pass@host``) are sent as HTTP Basic
+authentication and appear nowhere else: not in the index, not in errors, not in logs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -32,8 +36,10 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     SSLError,
 )
+from urllib3.util import make_headers
 
-from poolclient import ConfigError, PoolClientError, Registry
+from poolclient import ConfigError, DeadlineExceededError, PoolClientError, Registry
+from poolclient.redact import redact
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -63,6 +69,8 @@ def classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[
         if isinstance(reason, NameResolutionError):
             return 502, f"upstream host name could not be resolved: {reason}", []
         return 502, f"upstream connection refused or failed: {reason}", []
+    if isinstance(reason, DeadlineExceededError):
+        return 504, f"upstream call ran out of time: {reason}", []
     if isinstance(reason, ConnectTimeoutError):
         return 504, f"upstream connect timed out: {reason}", []
     if isinstance(reason, ReadTimeoutError):
@@ -81,7 +89,7 @@ class Relay:
     """
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.rstrip("/")
+        self.upstream, self.headers = _credentials_to_headers(upstream.rstrip("/"))
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -106,10 +114,10 @@ class Relay:
         if environ.get("QUERY_STRING"):
             url += "?" + environ["QUERY_STRING"]
         try:
-            response = pool.request("GET", url)
+            response = pool.request("GET", url, headers=self.headers)
         except (HTTPError, OSError, PoolClientError) as exc:
             status, cause, headers = classify(exc, pool.settings.pool_timeout)
-            return _json(start_response, status, {"error": cause}, method, headers)
+            return _json(start_response, status, {"error": redact(cause)}, method, headers)
         try:
             body = json.loads(response.data)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
@@ -118,6 +126,16 @@ class Relay:
                      f"(Content-Type: {ctype})")
             return _json(start_response, 502, {"error": cause}, method)
         return _json(start_response, response.status, body, method)
+
+
+def _credentials_to_headers(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its userinfo, and the headers that carry it instead."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    auth = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return urlunsplit(parts._replace(netloc=netloc)), make_headers(basic_auth=auth)
 
 
 def _json(start_response: StartResponse, status: int, document: object, method: str,

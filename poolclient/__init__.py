@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from .middleware import PoolClientMiddleware
     from .pool import PoolTimeoutError
     from .registry import Registry, configure, get_registry
+    from .retry import DeadlineExceededError
     from .stats import PoolSnapshot, RegistrySnapshot
 
 _LAZY = {
+    "DeadlineExceededError": "retry",
     "PoolClientMiddleware": "middleware",
     "PoolTimeoutError": "pool",
     "Registry": "registry",
@@ -32,6 +34,7 @@ _LAZY = {
 
 __all__ = [
     "ConfigError",
+    "DeadlineExceededError",
     "ForkSafetyError",
     "PoolClientError",
     "PoolClientMiddleware",

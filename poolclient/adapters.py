@@ -14,6 +14,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, select_proxy
 
+from . import retry
 from .pool import CountedPool
 
 if TYPE_CHECKING:
@@ -33,12 +34,16 @@ class PoolAdapter(HTTPAdapter):
       looked up on every send (an adapter kept across a fork uses the child's pools);
     - TLS settings are part of the pool key and are never written onto a shared pool
       afterwards (requests' ``cert_verify`` would overwrite the configured CA bundle);
-    - a request without a timeout gets the registry's connect and read timeouts;
+    - a request without a timeout gets the registry's connect and read timeouts, and each
+      ``send`` the registry's deadline and retry policy (connects retried with backoff; a
+      stale reused connection retried once for idempotent methods; nothing else resent);
     - ``close()`` closes nothing shared. Proxied requests use requests' own proxy pools.
     """
 
-    def __init__(self, registry: Registry, max_retries: int = 0) -> None:
+    def __init__(self, registry: Registry, max_retries: Any = None) -> None:
         self.registry = registry
+        if max_retries is None:
+            max_retries = retry.policy(registry.settings)
         super().__init__(max_retries=max_retries)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -87,11 +92,12 @@ class PoolAdapter(HTTPAdapter):
         self, request: PreparedRequest, stream: bool = False, timeout: Any = None,
         verify: bool | str = True, cert: Any = None, proxies: dict[str, str] | None = None,
     ) -> requests.Response:
+        settings = self.registry.settings
         if timeout is None:
-            settings = self.registry.settings
             timeout = (settings.connect_timeout, settings.read_timeout)
-        return super().send(request, stream=stream, timeout=timeout, verify=verify,
-                            cert=cert, proxies=proxies)
+        with retry.deadline(settings.deadline):
+            return super().send(request, stream=stream, timeout=timeout, verify=verify,
+                                cert=cert, proxies=proxies)
 
     def close(self) -> None:
         """Close the proxy pools this adapter made; the shared pools stay open."""

@@ -9,6 +9,8 @@ setting, the value and what is allowed, before any pool exists.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -76,6 +78,40 @@ def positive_seconds(value: object) -> float:
     return number
 
 
+def non_negative_seconds(value: object) -> float:
+    """A finite number of seconds, 0 or more."""
+    try:
+        number = float(_number(value, float))
+    except ValueError:
+        raise ValueError("expected a number of seconds, 0 or more") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return number
+
+
+def networks(value: object) -> str:
+    """Comma-separated IP networks (CIDR), normalised; empty allows no address."""
+    if not isinstance(value, str):
+        raise ValueError("expected comma-separated IP networks such as 127.0.0.0/8,::1")
+    parsed = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            parsed.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network (expected CIDR such as "
+                             "10.0.0.0/8 or an address)") from None
+    return ",".join(parsed)
+
+
+def optional_secret(value: object) -> str | None:
+    """Unset, or a string of at least 16 characters without spaces."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) < 16 or any(c.isspace() for c in value):
+        raise ValueError("expected at least 16 characters without spaces, or unset")
+    return value
+
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -109,8 +145,16 @@ def ca_bundle(value: object) -> str | None:
     return os.path.abspath(path)
 
 
-def _setting(env: str, default: object, validator: Validator, doc: str) -> Any:
-    return field(default=default, metadata={"env": env, "validator": validator, "doc": doc})
+def _setting(env: str, default: object, validator: Validator, doc: str,
+             secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"env": env, "validator": validator, "doc": doc,
+                                            "secret": secret})
+
+
+PRIVATE_NETWORKS = ",".join([
+    "127.0.0.0/8", "::1/128",  # loopback
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",  # private (RFC 1918, 4193)
+])
 
 
 @dataclass(frozen=True)
@@ -178,6 +222,51 @@ class Settings:
         positive_int,
         "Most origins with a pool in one process; the least recently used is dropped first.",
     )
+    idle_timeout: float = _setting(
+        "POOLCLIENT_IDLE_TIMEOUT",
+        4.0,
+        positive_seconds,
+        "Seconds a pooled connection may sit idle and still be reused; older ones are closed "
+        "and replaced (counted as expired). Keep it below the upstream's keep-alive timeout "
+        "(Apache and Node.js 5 s, AWS load balancers 60 s, nginx 75 s).",
+    )
+    max_lifetime: float = _setting(
+        "POOLCLIENT_MAX_LIFETIME",
+        300.0,
+        positive_seconds,
+        "Seconds after which a connection is closed once its current request is done "
+        "(counted as retired), so that DNS and load-balancer changes are followed.",
+    )
+    deadline: float = _setting(
+        "POOLCLIENT_DEADLINE",
+        30.0,
+        positive_seconds,
+        "Seconds one call may take until its response arrives: pool wait, connects, retries "
+        "with their backoff, and reads. Each attempt's timeouts are cut to what is left.",
+    )
+    backoff: float = _setting(
+        "POOLCLIENT_BACKOFF",
+        0.1,
+        non_negative_seconds,
+        "Most seconds to wait before the first connect retry; each further retry up to twice "
+        "as long, a random part of it (full jitter), never past the deadline. 0: no wait.",
+    )
+    stats_allow: str = _setting(
+        "POOLCLIENT_STATS_ALLOW",
+        PRIVATE_NETWORKS,
+        networks,
+        "Client networks that may read /health (and other stats endpoints): loopback and "
+        "private networks by default. Behind a proxy this is the proxy's address: restrict "
+        "the path there too. Empty: only callers with the token.",
+    )
+    stats_token: str | None = _setting(
+        "POOLCLIENT_STATS_TOKEN",
+        None,
+        optional_secret,
+        "When set, a request with 'Authorization: Bearer <token>' may read the stats "
+        "endpoints from any address. Shown as *** wherever settings are shown.",
+        secret=True,
+    )
 
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
@@ -185,7 +274,8 @@ class Settings:
             try:
                 value = spec.metadata["validator"](raw)
             except ValueError as exc:
-                raise ConfigError(spec.metadata["env"], raw, str(exc)) from None
+                shown = "***" if spec.metadata["secret"] else raw
+                raise ConfigError(spec.metadata["env"], shown, str(exc)) from None
             object.__setattr__(self, spec.name, value)
 
     @classmethod
@@ -201,8 +291,19 @@ class Settings:
         return cls(**values)
 
     def redacted(self) -> dict[str, object]:
-        """The settings in force, by environment variable name (no secrets are settings)."""
-        return {spec.metadata["env"]: getattr(self, spec.name) for spec in dataclasses.fields(self)}
+        """The settings in force, by environment variable name, secrets as ``***``."""
+        shown: dict[str, object] = {}
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.metadata["secret"] and value is not None:
+                value = "***"
+            shown[spec.metadata["env"]] = value
+        return shown
+
+    @functools.cached_property
+    def stats_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``stats_allow`` parsed, once."""
+        return tuple(ipaddress.ip_network(n) for n in self.stats_allow.split(",") if n)
 
 
 def settings_table() -> str:

@@ -9,14 +9,19 @@ opened per request. Under gunicorn, ``-c gunicorn.conf.py`` (or the hooks in
 Wrapping twice is harmless: an inner instance sees the outer one's key and steps aside.
 
 ``GET /health`` answers this worker's counters as JSON. Under a multi-process server
-it describes only the worker that answered.
+it describes only the worker that answered. It shows upstream hosts and settings, so only
+callers from ``POOLCLIENT_STATS_ALLOW`` (loopback and private networks by default) or with
+the bearer ``POOLCLIENT_STATS_TOKEN`` may read it; others get 403.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .config import Settings
 from .registry import Registry, get_registry
 from .render import health_document, json_bytes
 
@@ -77,11 +82,35 @@ class PoolClientMiddleware:
             body = json_bytes({"error": f"method {method} not allowed", "allow": ["GET", "HEAD"]})
             start_response("405 Method Not Allowed", _json_headers(body, ("Allow", "GET, HEAD")))
             return [body]
+        if not stats_allowed(environ, registry.settings):
+            body = json_bytes({"error": "forbidden: allowed from POOLCLIENT_STATS_ALLOW "
+                                        "networks or with the POOLCLIENT_STATS_TOKEN bearer"})
+            start_response("403 Forbidden", _json_headers(body, ("Cache-Control", "no-store")))
+            return [] if method == "HEAD" else [body]
         document = health_document(registry.stats(), registry.settings.redacted())
         document["maxsize"] = registry.maxsize
         body = json_bytes(document)
         start_response("200 OK", _json_headers(body, ("Cache-Control", "no-store")))
         return [] if method == "HEAD" else [body]
+
+
+def stats_allowed(environ: WSGIEnvironment, settings: Settings) -> bool:
+    """Whether this caller may read the stats endpoints: by address, or by token."""
+    token = settings.stats_token
+    if token is not None:
+        presented = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if hmac.compare_digest(presented, f"Bearer {token}".encode()):
+            return True
+    address = environ.get("REMOTE_ADDR") or ""
+    if not address:
+        return True  # a unix socket (gunicorn gives no address): only local processes
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in settings.stats_networks)
 
 
 def _json_headers(body: bytes, *extra: tuple[str, str]) -> list[tuple[str, str]]:

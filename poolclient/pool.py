@@ -1,22 +1,51 @@
-"""urllib3's connection pools, with every event reported to a :class:`PoolStats`.
+"""urllib3's connection pools, with connection lifetimes, the stale-connection retry, the
+call deadline, and every event reported to a :class:`PoolStats`.
 
 Only urllib3's own extension points are used: ``ConnectionCls`` and the pool queue for
-counting, ``_new_conn`` / ``_get_conn`` / ``_put_conn`` / ``_make_request`` for the
-checkout accounting. The HTTP itself is urllib3's, unchanged.
+counting; ``_get_conn`` / ``_put_conn`` for checkout accounting and connection lifetimes;
+``_make_request`` for the one retry urllib3 cannot decide (see :mod:`poolclient.retry`);
+``urlopen`` for the deadline. The HTTP itself is urllib3's, unchanged.
+
+Expiry is checked when a connection is taken or returned, never by a background thread
+(what urllib3's maintainers asked for, urllib3 #1301 and #2498): an idle connection past
+``idle_timeout`` is closed on checkout and reconnected, one past ``max_lifetime`` is closed
+when its request is done.
 """
 
 from __future__ import annotations
 
+import http.client
+import logging
 import queue
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import EmptyPoolError
+from urllib3.util import Timeout
 
+from . import retry
 from .errors import PoolClientError
 from .stats import PoolSnapshot, PoolStats
+
+if TYPE_CHECKING:
+    from urllib3.response import BaseHTTPResponse
+
+log = logging.getLogger("poolclient.pool")
+
+# What a reused connection raises when the upstream closed it while it sat idle: the
+# status line never came (closed, reset, or TLS cut). A response that began and then broke
+# raises something else (a ProtocolError from urllib3's response), and is never retried.
+_NO_RESPONSE = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
 
 
 class PoolTimeoutError(EmptyPoolError, PoolClientError):
@@ -50,9 +79,12 @@ else:
 
 class _CountsConnects(_ConnectionBase):
     stats: PoolStats | None = None
+    connected_at = 0.0  # monotonic time of the last connect
+    idle_since = 0.0  # monotonic time it was last returned to the pool
 
     def connect(self) -> None:
         super().connect()
+        self.connected_at = time.monotonic()
         if self.stats is not None:
             self.stats.opened()
 
@@ -104,6 +136,9 @@ class CountedPool(_PoolBase):
 
     stats: PoolStats
     pool_timeout: float | None = None
+    idle_timeout: float | None = None
+    max_lifetime: float | None = None
+    deadline: float | None = None  # seconds per call, for calls that did not start one
 
     def __init__(self, host: str, port: int | None = None, **kw: Any) -> None:
         self.stats = PoolStats(kw.get("maxsize", 1))
@@ -130,6 +165,7 @@ class CountedPool(_PoolBase):
         if timeout is None:
             timeout = self.pool_timeout
         started = time.monotonic()
+        conn: Any
         try:
             conn = super()._get_conn(timeout)
         except EmptyPoolError:
@@ -137,21 +173,72 @@ class CountedPool(_PoolBase):
             waited = round(time.monotonic() - started, 3)
             raise PoolTimeoutError(self, _origin(self), self.stats.maxsize, waited) from None
         self.stats.checked_out()
+        if conn is not None and not conn.is_closed:
+            now = time.monotonic()
+            if self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime:
+                conn.close()
+                self.stats.retired_one()
+            elif self.idle_timeout is not None and now - conn.idle_since >= self.idle_timeout:
+                conn.close()
+                self.stats.expired_one()
         return conn
 
     def _put_conn(self, conn: Any) -> None:
+        if conn is not None:
+            now = time.monotonic()
+            if (self.max_lifetime is not None and not conn.is_closed
+                    and now - conn.connected_at >= self.max_lifetime):
+                conn.close()
+                self.stats.retired_one()
+            conn.idle_since = now
         self.stats.checked_in()
         super()._put_conn(conn)
 
-    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _make_request(self, conn: Any, method: str, url: str, *args: Any,
+                      **kwargs: Any) -> BaseHTTPResponse:
         # A connection with an open socket has carried a request before: pools never
         # pre-connect.
-        self.stats.sent(reused=not conn.is_closed)
+        reused = not conn.is_closed
+        self.stats.sent(reused=reused)
         try:
-            return super()._make_request(conn, *args, **kwargs)
+            return super()._make_request(conn, method, url, *args, **kwargs)
+        except _NO_RESPONSE as exc:
+            if not (reused and not args and _replayable(method, kwargs.get("body"))):
+                self.stats.failed()
+                raise
+            # The upstream closed the connection while it was idle, so it cannot have
+            # answered: send again, once, on a new connection (retry module, rule 2).
+            log.debug("reused connection to %s failed before a response (%s); sending %s "
+                      "again on a new connection", _origin(self), type(exc).__name__, method)
+            self.stats.retried_one()
+            conn.close()
         except BaseException:
             self.stats.failed()
             raise
+        self.stats.sent(reused=False)
+        try:
+            return super()._make_request(conn, method, url, **kwargs)
+        except BaseException:
+            self.stats.failed()
+            raise
+
+    def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
+        # Every attempt, retries and redirects included, comes through here: cut its pool
+        # wait and its timeouts to what is left of the call's deadline.
+        with retry.deadline(self.deadline):
+            left = retry.remaining()
+            if left is not None:
+                if left <= 0:
+                    history = getattr(kw.get("retries"), "history", ())
+                    last = history[-1].error if history else None
+                    raise retry.DeadlineExceededError(self, url, last)
+                if len(args) > 5:  # timeout and later given by position
+                    raise TypeError("pass timeout and pool_timeout to urlopen() by keyword")
+                wait = kw.get("pool_timeout")
+                wait = self.pool_timeout if wait is None else wait
+                kw["pool_timeout"] = left if wait is None else min(wait, left)
+                kw["timeout"] = _cut(self._get_timeout(kw.get("timeout", self.timeout)), left)
+            return super().urlopen(method, url, *args, **kw)
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
@@ -170,6 +257,18 @@ class CountedHTTPSConnectionPool(CountedPool, HTTPSConnectionPool):
     """An ``HTTPSConnectionPool`` whose connections, waits and requests are counted."""
 
     ConnectionCls = _CountedHTTPSConnection
+
+
+def _replayable(method: str, body: object) -> bool:
+    return method.upper() in retry.IDEMPOTENT_METHODS and (
+        body is None or isinstance(body, (bytes, str)))
+
+
+def _cut(timeout: Timeout, left: float) -> Timeout:
+    """``timeout`` with its total (connect plus read, for one attempt) at most ``left``."""
+    total = timeout.total if isinstance(timeout.total, (int, float)) else None
+    return Timeout(connect=timeout._connect, read=timeout._read,
+                   total=left if total is None else min(total, left))
 
 
 def _origin(pool: HTTPConnectionPool) -> str:

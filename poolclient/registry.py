@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from urllib3 import PoolManager
 from urllib3.poolmanager import SSL_KEYWORDS
-from urllib3.util import Retry, Timeout
+from urllib3.util import Timeout
 
-from . import _fork
+from . import _fork, redact, retry
 from .config import Settings
 from .errors import ForkSafetyError
 from .pool import CountedHTTPConnectionPool, CountedHTTPSConnectionPool, CountedPool
@@ -43,15 +43,13 @@ class _ProcessPools(PoolManager):
             maxsize=maxsize,
             block=settings.block,
             timeout=Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
-            # Only failures to connect are retried: a request that was sent is never
-            # sent again, whatever its method.
-            retries=Retry(total=None, connect=settings.connect_retries, read=0, other=0,
-                          redirect=5, status=0),
+            retries=retry.policy(settings),
             **trust,
         )
         self.pid = os.getpid()
         self.ca_bundle = settings.ca_bundle
-        self.pool_timeout = settings.pool_timeout
+        self.settings = settings
+        redact.install()
         self.pool_classes_by_scheme = {
             "http": CountedHTTPConnectionPool,
             "https": CountedHTTPSConnectionPool,
@@ -73,7 +71,11 @@ class _ProcessPools(PoolManager):
         self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
     ) -> HTTPConnectionPool:
         pool = super()._new_pool(scheme, host, port, request_context)
-        pool.pool_timeout = self.pool_timeout  # type: ignore[attr-defined]
+        if isinstance(pool, CountedPool):
+            pool.pool_timeout = self.settings.pool_timeout
+            pool.idle_timeout = self.settings.idle_timeout
+            pool.max_lifetime = self.settings.max_lifetime
+            pool.deadline = self.settings.deadline
         return pool
 
     def live_pools(self) -> list[CountedPool]:
@@ -181,9 +183,18 @@ class Registry:
             inherited.abandon()
             _fork.bury(inherited)
 
-    def request(self, method: str, url: str, **kw: Any) -> BaseHTTPResponse:
-        """Send a request through the shared pools; arguments as urllib3's ``request()``."""
-        return self._pools().request(method, url, **kw)
+    def request(
+        self, method: str, url: str, *, deadline: float | None = None, **kw: Any
+    ) -> BaseHTTPResponse:
+        """Send a request through the shared pools; arguments as urllib3's ``request()``.
+
+        :param deadline: seconds the whole call may take (retries, redirects and reading
+            the body included); ``POOLCLIENT_DEADLINE`` by default.
+        :raises DeadlineExceededError: a ``ReadTimeoutError``, when the deadline passed.
+        """
+        pools = self._pools()
+        with retry.deadline(deadline if deadline is not None else self.settings.deadline):
+            return pools.request(method, url, **kw)
 
     def connection_from_host(
         self, host: str, port: int | None = None, scheme: str = "http",

@@ -26,6 +26,9 @@ class PoolSnapshot:
     waits: int
     discarded: int
     errors: int
+    expired: int
+    retired: int
+    retried: int
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -41,7 +44,7 @@ class RegistrySnapshot:
     def totals(self) -> dict[str, int]:
         """Counters summed over all pools (``maxsize`` excluded)."""
         names = ("connections_opened", "requests", "reused", "in_use", "idle", "waits",
-                 "discarded", "errors")
+                 "discarded", "errors", "expired", "retired", "retried")
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
@@ -62,12 +65,16 @@ class PoolStats:
         self._waits = 0
         self._discarded = 0
         self._errors = 0
+        self._expired = 0
+        self._retired = 0
+        self._retried = 0
 
     def __repr__(self) -> str:
         return (
             f"<PoolStats opened={self._opened} requests={self._requests} "
             f"reused={self._reused} in_use={self._in_use} waits={self._waits} "
-            f"discarded={self._discarded} errors={self._errors}>"
+            f"discarded={self._discarded} errors={self._errors} expired={self._expired} "
+            f"retired={self._retired} retried={self._retried}>"
         )
 
     def opened(self) -> None:
@@ -104,6 +111,21 @@ class PoolStats:
         with self._lock:
             self._errors += 1
 
+    def expired_one(self) -> None:
+        """An idle connection was closed instead of reused: idle longer than allowed."""
+        with self._lock:
+            self._expired += 1
+
+    def retired_one(self) -> None:
+        """A connection was closed because it had lived longer than allowed."""
+        with self._lock:
+            self._retired += 1
+
+    def retried_one(self) -> None:
+        """A reused connection failed before any response; the request went on a new one."""
+        with self._lock:
+            self._retried += 1
+
     def snapshot(self, scheme: str, host: str, port: int, idle: int) -> PoolSnapshot:
         with self._lock:
             return PoolSnapshot(
@@ -119,4 +141,7 @@ class PoolStats:
                 waits=self._waits,
                 discarded=self._discarded,
                 errors=self._errors,
+                expired=self._expired,
+                retired=self._retired,
+                retried=self._retried,
             )

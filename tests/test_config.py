@@ -97,6 +97,16 @@ GOOD_ENV = [
     pytest.param("POOLCLIENT_BLOCK", "1", True, id="block-1"),
     pytest.param("POOLCLIENT_MAX_HOSTS", "7", 7, id="max_hosts"),
     pytest.param("POOLCLIENT_CA_BUNDLE", "", None, id="ca_bundle-empty-is-unset"),
+    pytest.param("POOLCLIENT_IDLE_TIMEOUT", "0.9", 0.9, id="idle_timeout"),
+    pytest.param("POOLCLIENT_MAX_LIFETIME", "60", 60.0, id="max_lifetime"),
+    pytest.param("POOLCLIENT_DEADLINE", "2.5", 2.5, id="deadline"),
+    pytest.param("POOLCLIENT_BACKOFF", "0", 0.0, id="backoff-zero"),
+    pytest.param("POOLCLIENT_STATS_ALLOW", " 10.1.2.3 , ::1", "10.1.2.3/32,::1/128",
+                 id="stats_allow-normalised"),
+    pytest.param("POOLCLIENT_STATS_ALLOW", "", "", id="stats_allow-empty-is-token-only"),
+    pytest.param("POOLCLIENT_STATS_TOKEN", "s3cret-token-0123456789", "s3cret-token-0123456789",
+                 id="stats_token"),
+    pytest.param("POOLCLIENT_STATS_TOKEN", "", None, id="stats_token-empty-is-unset"),
 ]
 
 
@@ -147,6 +157,25 @@ def test_from_env_ignores_unrelated_variables() -> None:
     assert Settings.from_env({"MAXSIZE": "0", "POOLCLIENT": "x"}) == Settings()
 
 
+def test_bad_token_is_named_but_never_echoed() -> None:
+    """A too-short POOLCLIENT_STATS_TOKEN stops start-up naming the setting, not the value."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"POOLCLIENT_STATS_TOKEN": "hunter2"})
+    message = str(info.value)
+    assert "POOLCLIENT_STATS_TOKEN" in message and "16 characters" in message
+    assert "hunter2" not in message and "hunter2" not in repr(info.value.value)
+
+
+def test_redacted_hides_the_token_and_parses_networks() -> None:
+    """redacted() shows the token as ***; stats_networks parses POOLCLIENT_STATS_ALLOW once."""
+    settings = Settings(stats_token="s3cret-token-0123456789", stats_allow="10.0.0.1,::1")
+    assert settings.redacted()["POOLCLIENT_STATS_TOKEN"] == "***"
+    assert "s3cret" not in repr(settings.redacted())
+    assert [str(n) for n in settings.stats_networks] == ["10.0.0.1/32", "::1/128"]
+    assert Settings().redacted()["POOLCLIENT_STATS_TOKEN"] is None
+    assert "s3cret" not in repr(settings)
+
+
 def test_redacted_names_every_variable() -> None:
     """redacted() maps every POOLCLIENT_* variable to the value in force."""
     settings = Settings(maxsize=3, block=False)
@@ -180,6 +209,14 @@ BAD_ENV = [
     pytest.param("POOLCLIENT_MAX_HOSTS", "0", "at least 1", id="max_hosts-0"),
     pytest.param("POOLCLIENT_CA_BUNDLE", "/nonexistent/poolclient/ca.pem",
                  "No such file", id="ca_bundle-missing"),
+    pytest.param("POOLCLIENT_IDLE_TIMEOUT", "0", "greater than 0", id="idle_timeout-0"),
+    pytest.param("POOLCLIENT_MAX_LIFETIME", "-1", "greater than 0", id="max_lifetime-negative"),
+    pytest.param("POOLCLIENT_DEADLINE", "never", "greater than 0", id="deadline-word"),
+    pytest.param("POOLCLIENT_BACKOFF", "-0.1", "0 or more", id="backoff-negative"),
+    pytest.param("POOLCLIENT_STATS_ALLOW", "10.0.0.0/8,intranet", "not an IP network",
+                 id="stats_allow-name"),
+    pytest.param("POOLCLIENT_STATS_ALLOW", "10.0.0.0/33", "not an IP network",
+                 id="stats_allow-bad-prefix"),
 ]
 
 
@@ -198,7 +235,8 @@ def test_bad_env_value_raises_one_line_config_error(env: str, raw: str, hint: st
 
 def test_bad_env_table_covers_every_variable() -> None:
     """Every POOLCLIENT_* variable has at least one bad value in the table above."""
-    assert {p.values[0] for p in BAD_ENV} == set(FIELDS)
+    # The token's bad value is never echoed: test_bad_token_is_named_but_never_echoed.
+    assert {p.values[0] for p in BAD_ENV} == set(FIELDS) - {"POOLCLIENT_STATS_TOKEN"}
 
 
 def test_ca_bundle_without_certificate_is_rejected(tmp_path) -> None:

@@ -1,0 +1,115 @@
+"""What is retried, how long to wait between tries, and the deadline that bounds it all.
+
+Three rules, each enforced in one place:
+
+- **A failure to connect is retried, whatever the method**: nothing was sent. That is
+  urllib3's ``Retry(connect=N)``, with the backoff below (:func:`policy`).
+- **A request is never sent twice, except once, on a fresh connection, when a reused
+  connection failed before any response and the method is idempotent** (the stale
+  keep-alive case, where the upstream closed the connection while it sat idle). That
+  decision needs to know whether the connection was reused, which only the pool knows: see
+  ``CountedPool._make_request``. A POST is never resent.
+- **One call has one deadline**: pool wait, connects, retries, backoff and reads together.
+  ``Registry.request`` and ``PoolAdapter.send`` start it; each attempt's timeouts are cut to
+  what is left (``CountedPool.urlopen``). It travels in a context variable because requests
+  gives an adapter no way to pass per-call state to a pool; context variables are per thread
+  and per greenlet, so concurrent calls never see each other's.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from itertools import takewhile
+from typing import TYPE_CHECKING, Any
+
+from urllib3.exceptions import ReadTimeoutError
+from urllib3.util import Retry
+
+from .errors import PoolClientError
+
+if TYPE_CHECKING:
+    from urllib3.connectionpool import ConnectionPool
+
+    from .config import Settings
+
+# RFC 9110, section 9.2.2: repeating these has the same effect as sending them once.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+_deadline: ContextVar[float | None] = ContextVar("poolclient_deadline", default=None)
+
+
+class DeadlineExceededError(ReadTimeoutError, PoolClientError):
+    """The call's deadline (``POOLCLIENT_DEADLINE``) passed before a response arrived.
+
+    A subclass of urllib3's ``ReadTimeoutError``, so requests raises it as
+    ``requests.exceptions.ReadTimeout``.
+    """
+
+    def __init__(self, pool: ConnectionPool | None, url: str, last_error: object = None) -> None:
+        self.last_error = last_error
+        after = f"; last error: {last_error}" if last_error is not None else ""
+        super().__init__(pool, url,  # type: ignore[arg-type]
+                         f"deadline passed before a response (POOLCLIENT_DEADLINE){after}")
+
+    def __reduce__(self) -> tuple[type[DeadlineExceededError], tuple[None, str | None, object]]:
+        return (type(self), (None, self.url, self.last_error))
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Give the calls inside a deadline ``seconds`` from now, unless one is running already
+    (a redirect or a retry belongs to the call that started it)."""
+    if seconds is None or _deadline.get() is not None:
+        yield
+        return
+    token = _deadline.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left to the current call's deadline (may be negative); ``None`` if none."""
+    end = _deadline.get()
+    return None if end is None else end - time.monotonic()
+
+
+class PolicyRetry(Retry):
+    """urllib3's ``Retry`` with full-jitter backoff that never sleeps past the deadline.
+
+    Full jitter (a uniform draw up to the exponential ceiling) spreads the retries of many
+    workers that all lost the same upstream at once, instead of bunching them.
+    """
+
+    def get_backoff_time(self) -> float:
+        errors = len(list(takewhile(lambda h: h.redirect_location is None,
+                                    reversed(self.history))))
+        if errors == 0:
+            return 0.0
+        ceiling = min(self.backoff_max, self.backoff_factor * 2 ** (errors - 1))
+        delay = random.uniform(0.0, ceiling)
+        left = remaining()
+        return delay if left is None else max(0.0, min(delay, left))
+
+
+def policy(settings: Settings, **overrides: Any) -> PolicyRetry:
+    """The retry policy of every call through the registry."""
+    options: dict[str, Any] = {
+        "total": None,
+        "connect": settings.connect_retries,
+        # False: a read error is raised as itself, as requests' own default does, so that
+        # requests turns a read timeout into ReadTimeout.
+        "read": False,
+        "other": 0,
+        "status": 0,
+        "redirect": 5,
+        "backoff_factor": settings.backoff,
+        "backoff_max": max(settings.backoff * 8, 0.0),
+    }
+    options.update(overrides)
+    return PolicyRetry(**options)
