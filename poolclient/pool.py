@@ -229,7 +229,10 @@ class CountedPool(_PoolBase):
             left = retry.remaining()
             if left is not None:
                 if left <= 0:
-                    history = getattr(kw.get("retries"), "history", ())
+                    # urllib3 passes retries by position when it retries: (body, headers,
+                    # retries, ...) after method and url.
+                    retries = kw.get("retries", args[2] if len(args) > 2 else None)
+                    history = getattr(retries, "history", ())
                     last = history[-1].error if history else None
                     raise retry.DeadlineExceededError(self, url, last)
                 if len(args) > 5:  # timeout and later given by position

@@ -139,6 +139,47 @@ def test_post_health_is_405_with_allow(own_registry: Registry) -> None:
     assert app.environs == []
 
 
+TOKEN = "t0ken-for-the-stats-endpoints"
+
+
+@pytest.mark.parametrize(("remote", "allowed"), [
+    ("127.0.0.1", True), ("::1", True), ("10.2.3.4", True), ("172.16.0.9", True),
+    ("192.168.1.1", True), ("fd00::5", True), ("::ffff:127.0.0.1", True),
+    ("", True),  # a unix socket: gunicorn gives no address
+    ("8.8.8.8", False), ("172.32.0.1", False), ("2001:db8::1", False), ("not-an-ip", False),
+])
+def test_health_is_limited_to_private_networks_by_default(remote: str, allowed: bool) -> None:
+    """By default loopback and private networks may read /health; others get 403 JSON
+    that reveals nothing (and HEAD gets no body either way)."""
+    reg = Registry(Settings())
+    app = webtest.TestApp(PoolClientMiddleware(Recorder(), registry=reg))
+    res = app.get("/health", extra_environ={"REMOTE_ADDR": remote}, expect_errors=True)
+    assert res.status_int == (200 if allowed else 403)
+    if not allowed:
+        assert "forbidden" in res.json["error"] and "pools" not in res.json
+        assert app.head("/health", extra_environ={"REMOTE_ADDR": remote},
+                        expect_errors=True).body == b""
+
+
+def test_health_token_opens_it_from_anywhere_and_is_never_shown() -> None:
+    """POOLCLIENT_STATS_ALLOW empty and a token set: only the exact bearer token may read,
+    and /health shows the token as ***."""
+    reg = Registry(Settings(stats_allow="", stats_token=TOKEN))
+    app = webtest.TestApp(PoolClientMiddleware(Recorder(), registry=reg))
+    env = {"REMOTE_ADDR": "203.0.113.7"}
+    assert app.get("/health", extra_environ=env, expect_errors=True).status_int == 403
+    for wrong in (f"Bearer {TOKEN}x", TOKEN, f"Basic {TOKEN}", "Bearer "):
+        assert app.get("/health", extra_environ=env, headers={"Authorization": wrong},
+                       expect_errors=True).status_int == 403
+    res = app.get("/health", extra_environ={**env, "REMOTE_ADDR": "127.0.0.1"},
+                  expect_errors=True)
+    assert res.status_int == 403  # empty allow list: loopback too needs the token
+    res = app.get("/health", extra_environ=env, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert res.status_int == 200
+    assert res.json["settings"]["POOLCLIENT_STATS_TOKEN"] == "***"
+    assert TOKEN not in res.text
+
+
 def test_health_path_none_passes_health_to_app(own_registry: Registry) -> None:
     """health_path=None turns the endpoint off: /health reaches the app, still injected."""
     app = Recorder()

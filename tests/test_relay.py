@@ -265,3 +265,25 @@ def test_dot_segments_are_refused_not_resolved(relay: webtest.TestApp, upstream:
     r = relay.get(path, status=400)
     assert "dot segments" in r.json["error"]
     assert upstream.stats()["requests"] == 0
+
+
+def test_credentials_in_upstream_url_become_basic_auth_and_show_nowhere(
+    make_app: MakeApp, upstream: Upstream
+):
+    """UPSTREAM_URL=https://user:pass@host: the upstream receives Basic auth; the index,
+    /health and error answers never show the password."""
+    with_creds = upstream.url.replace("https://", "https://relay:pa%3Ass@")
+    app, _ = make_app(with_creds, Settings(ca_bundle=upstream.ca))
+    headers = {k.lower(): v for k, v in app.get("/upstream/headers").json["headers"].items()}
+    assert headers.get("authorization") == "Basic cmVsYXk6cGE6c3M="  # relay:pa:ss
+    for path in ("/", "/health"):
+        assert "pa%3Ass" not in app.get(path).text and "pa:ss" not in app.get(path).text
+    assert app.get("/").json["upstream"] == upstream.url
+
+
+def test_error_answers_mask_query_values(make_app: MakeApp):
+    """An upstream failure's JSON error carries no query value the caller sent upstream."""
+    app, _ = make_app(refused_url(), Settings(connect_retries=0))
+    res = app.get("/upstream/items?api_key=SECRET-KEY", expect_errors=True)
+    assert res.status_int == 502
+    assert "SECRET-KEY" not in res.text

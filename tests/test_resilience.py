@@ -1,0 +1,247 @@
+"""Connection lifetimes, the stale-connection retry, the deadline and backoff, in process,
+against the real TLS upstream. The upstream counts what it received, by request id.
+
+The same behaviours under real gunicorn workers are in ``test_faults.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import pytest
+import requests
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
+
+from poolclient import DeadlineExceededError, Registry, Settings
+from poolclient import retry as retry_module
+from poolclient.redact import redact
+from tests.helpers import Upstream, refused_url
+
+
+def make(upstream: Upstream, **settings: object) -> Registry:
+    return Registry(Settings(ca_bundle=upstream.ca, **settings))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def one(upstream: Upstream):
+    """A registry with one connection per origin, so every call reuses the same one."""
+    reg = make(upstream, maxsize=1)
+    yield reg
+    reg.close()
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+# --- the stale keep-alive connection ---------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_idempotent_call_on_a_dropped_reused_connection_is_sent_again_once(
+    one: Registry, upstream: Upstream, method: str
+):
+    """The upstream drops the next request on the pooled connection without answering:
+    an idempotent call succeeds on a new connection; the upstream got it twice, answered once."""
+    assert one.request("GET", upstream.url + "/drop-next").status == 200
+    request_id = rid()
+    r = one.request(method, upstream.url + "/after", headers={"X-Request-Id": request_id})
+    assert r.status == 200
+    seen = upstream.stats()
+    assert seen["received"][request_id] == 2 and seen["dropped"] == 1
+    assert len(seen["connections"]) == 2
+    totals = one.stats().totals()
+    assert (totals["retried"], totals["errors"], totals["requests"]) == (1, 0, 3)
+
+
+def test_post_on_a_dropped_reused_connection_is_never_sent_twice(one: Registry, upstream):
+    """The same drop for a POST: the caller gets the error, the upstream got the POST once."""
+    assert one.request("GET", upstream.url + "/drop-next").status == 200
+    request_id = rid()
+    with pytest.raises(ProtocolError):
+        one.request("POST", upstream.url + "/orders", body=b'{"qty": 1}',
+                    headers={"X-Request-Id": request_id})
+    seen = upstream.stats()
+    assert seen["received"][request_id] == 1
+    assert seen["duplicates"] == []
+    totals = one.stats().totals()
+    assert (totals["retried"], totals["errors"]) == (0, 1)
+    # The pool is not poisoned: the next call works, on a new connection.
+    assert one.request("POST", upstream.url + "/orders", body=b"{}").status == 200
+
+
+def test_streamed_body_is_not_replayed(one: Registry, upstream: Upstream):
+    """A PUT whose body is a generator cannot be sent again, so it is not."""
+    assert one.request("GET", upstream.url + "/drop-next").status == 200
+    request_id = rid()
+    with pytest.raises(ProtocolError):
+        one.request("PUT", upstream.url + "/blob", body=iter([b"a", b"b"]),
+                    headers={"X-Request-Id": request_id, "Content-Length": "2"})
+    assert upstream.stats()["received"][request_id] == 1
+
+
+def test_session_gets_the_same_retry(one: Registry, upstream: Upstream):
+    """Through .session(): GET retried once on a new connection, POST raised, never resent."""
+    with one.session() as s:
+        assert s.get(upstream.url + "/drop-next").status_code == 200
+        get_id, post_id = rid(), rid()
+        assert s.get(upstream.url + "/x", headers={"X-Request-Id": get_id}).status_code == 200
+        assert s.get(upstream.url + "/drop-next").status_code == 200
+        with pytest.raises(requests.exceptions.ConnectionError):
+            s.post(upstream.url + "/x", data=b"1", headers={"X-Request-Id": post_id})
+    seen = upstream.stats()
+    assert (seen["received"][get_id], seen["received"][post_id]) == (2, 1)
+    assert one.stats().totals()["retried"] == 1
+
+
+def test_reset_mid_response_is_not_retried(one: Registry, upstream: Upstream):
+    """Response bytes arrived before the reset: the GET fails and is not sent again."""
+    request_id = rid()
+    with pytest.raises(ProtocolError):
+        one.request("GET", upstream.url + "/reset", headers={"X-Request-Id": request_id})
+    assert upstream.stats()["received"][request_id] == 1
+    assert one.stats().totals()["retried"] == 0
+
+
+# --- lifetimes -------------------------------------------------------------------------
+
+
+def test_idle_connection_past_idle_timeout_is_replaced(upstream: Upstream):
+    """A connection idle longer than POOLCLIENT_IDLE_TIMEOUT is closed on checkout and a new
+    one opened; within the timeout it is reused."""
+    reg = make(upstream, maxsize=1, idle_timeout=0.3)
+    try:
+        a = reg.request("GET", upstream.url + "/a").json()["connection"]
+        b = reg.request("GET", upstream.url + "/b").json()["connection"]
+        time.sleep(0.4)  # the idleness under test, not synchronisation
+        c = reg.request("GET", upstream.url + "/c").json()["connection"]
+        assert a == b != c
+        totals = reg.stats().totals()
+        assert (totals["expired"], totals["connections_opened"], totals["reused"]) == (1, 2, 1)
+        assert len(upstream.stats()["connections"]) == 2
+    finally:
+        reg.close()
+
+
+def test_connection_past_max_lifetime_is_retired_after_its_request(upstream: Upstream):
+    """A connection older than POOLCLIENT_MAX_LIFETIME is closed when its request is done,
+    even though it never sat idle long."""
+    reg = make(upstream, maxsize=1, max_lifetime=0.3, idle_timeout=60)
+    try:
+        first = reg.request("GET", upstream.url + "/a").json()["connection"]
+        deadline = time.monotonic() + 0.35
+        seen = {first}
+        while time.monotonic() < deadline:  # busy: never idle for more than one call
+            seen.add(reg.request("GET", upstream.url + "/b").json()["connection"])
+        after = reg.request("GET", upstream.url + "/c").json()["connection"]
+        assert after != first
+        totals = reg.stats().totals()
+        assert totals["retired"] >= 1 and totals["expired"] == 0 and totals["errors"] == 0
+        assert totals["connections_opened"] == len(upstream.stats()["connections"])
+    finally:
+        reg.close()
+
+
+# --- deadline and backoff --------------------------------------------------------------
+
+
+def test_slow_upstream_times_out_at_the_read_timeout_once(one: Registry, upstream: Upstream):
+    """A read timeout is raised as itself and not retried: the upstream got the call once."""
+    reg = make(upstream, maxsize=1, read_timeout=0.3)
+    try:
+        request_id = rid()
+        with pytest.raises(ReadTimeoutError):
+            reg.request("GET", upstream.url + "/slow?seconds=2",
+                        headers={"X-Request-Id": request_id})
+        assert upstream.stats()["received"][request_id] == 1
+        assert reg.request("GET", upstream.url + "/next").status == 200
+    finally:
+        reg.close()
+
+
+def test_deadline_cuts_the_read_timeout(one: Registry, upstream: Upstream):
+    """With a 15 s read timeout, a call given deadline=0.3 gives up in well under 15 s."""
+    started = time.monotonic()
+    with pytest.raises(ReadTimeoutError):
+        one.request("GET", upstream.url + "/slow?seconds=2", deadline=0.3)
+    assert time.monotonic() - started < 1.5
+
+
+def test_connect_retries_stop_at_the_deadline():
+    """Many connect retries against a refusing port end with DeadlineExceededError naming
+    the last error, once the deadline is spent."""
+    reg = Registry(Settings(connect_retries=1000, backoff=0.05, deadline=0.5))
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError) as info:
+            reg.request("GET", refused_url() + "/x")
+        assert time.monotonic() - started < 2.0
+        assert "NewConnectionError" in repr(info.value.last_error) or "refused" in str(
+            info.value)
+        assert reg.stats().totals()["errors"] >= 2
+    finally:
+        reg.close()
+
+
+def test_connect_retries_without_deadline_pressure_are_counted():
+    """connect_retries=2: three attempts, then MaxRetryError whose reason is the refusal."""
+    reg = Registry(Settings(connect_retries=2, backoff=0.01))
+    try:
+        with pytest.raises(MaxRetryError) as info:
+            reg.request("GET", refused_url() + "/x")
+        assert "refused" in str(info.value.reason).lower()
+        assert reg.stats().totals()["errors"] == 3
+    finally:
+        reg.close()
+
+
+def test_backoff_is_jittered_bounded_and_cut_by_the_deadline():
+    """Full jitter: the wait after the n-th connect error lies in [0, backoff * 2**(n-1)],
+    varies between draws, and never reaches past the call's deadline."""
+    policy = retry_module.policy(Settings(backoff=0.1, connect_retries=10))
+    refused = NewConnectionError(None, "refused")  # type: ignore[arg-type]
+    r = policy
+    for n in range(1, 5):
+        r = r.increment(method="GET", url="/", error=refused)
+        draws = {r.get_backoff_time() for _ in range(20)}
+        assert all(0.0 <= d <= 0.1 * 2 ** (n - 1) for d in draws), (n, draws)
+        assert len(draws) > 1
+    with retry_module.deadline(0.01):
+        assert all(r.get_backoff_time() <= 0.01 for _ in range(20))
+
+
+def test_deadline_is_per_call_and_nested_calls_share_it():
+    """A deadline started inside another keeps the outer one (retries and redirects belong
+    to the call that started them); outside any call there is none."""
+    assert retry_module.remaining() is None
+    with retry_module.deadline(10):
+        outer = retry_module.remaining()
+        with retry_module.deadline(1000):
+            inner = retry_module.remaining()
+        assert outer is not None and inner is not None and inner <= outer <= 10
+    assert retry_module.remaining() is None
+
+
+# --- secrets in logs -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("https://user:pa55@api.example/x", "https://***@api.example/x"),
+    ("GET /items?access_token=abc&page=2 HTTP/1.1",
+     "GET /items?access_token=***&page=*** HTTP/1.1"),
+    ("Redirecting https://h/a?sig=1 -> https://u:p@h2/b?k=v",
+     "Redirecting https://h/a?sig=*** -> https://***@h2/b?k=***"),
+    ("no url here", "no url here"),
+])
+def test_redact(text: str, expected: str):
+    assert redact(text) == expected
+
+
+def test_urllib3_debug_lines_carry_no_query_secrets(one: Registry, upstream, caplog):
+    """With urllib3 logging at DEBUG, the request line is logged, its query values masked."""
+    caplog.set_level(logging.DEBUG)
+    one.request("GET", upstream.url + "/items?access_token=SECRET-42&page=2")
+    assert "/items?access_token=***&page=***" in caplog.text
+    assert "SECRET-42" not in caplog.text
