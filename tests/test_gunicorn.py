@@ -10,7 +10,6 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import urllib3
@@ -18,7 +17,8 @@ import urllib3
 from tests.helpers import Gunicorn, Upstream, other_ca_file, refused_url, wait_for
 
 
-def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",)) -> Counter:
+def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",),
+         headers: dict[str, str] | None = None) -> Counter:
     """``clients`` keep-alive clients calling ``url`` for ``seconds``; outcomes counted."""
     deadline = time.monotonic() + seconds
     totals: Counter = Counter()
@@ -32,7 +32,7 @@ def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",)
                 path = paths[i % len(paths)]
                 i += 1
                 try:
-                    r = http.request("GET", url + path, timeout=30)
+                    r = http.request("GET", url + path, timeout=30, headers=headers)
                     seen[r.status] += 1
                 except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome
                     seen[type(exc).__name__] += 1
@@ -60,21 +60,6 @@ def health_by_worker(server: Gunicorn, workers: set[int]) -> dict[int, dict]:
 
     wait_for(all_seen, 20, "every worker to answer /health")
     return {pid: found[pid] for pid in workers}
-
-
-@pytest.fixture
-def gunicorn(tmp_path) -> Iterator:
-    started: list[Gunicorn] = []
-
-    def start(args: list[str], env: dict[str, str]) -> Gunicorn:
-        server = Gunicorn(args, env, str(tmp_path / f"gunicorn-{len(started)}.log"))
-        started.append(server)
-        server.wait_ready(workers=int(args[args.index("-w") + 1]))
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 CASES = [
