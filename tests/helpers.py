@@ -12,9 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import trustme
 import urllib3
+
+from app.upstream import loopback_hosts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +41,8 @@ class Upstream:
     url: str
     ca: str
     proc: subprocess.Popen[str]
+    directory: str = ""
+    args: tuple[str, ...] = ()
 
     @property
     def port(self) -> int:
@@ -49,21 +54,81 @@ class Upstream:
             r = http.request("GET", self.url + "/_upstream/stats", timeout=5)
         return json.loads(r.data)
 
+    def hosts(self, n: int) -> list[str]:
+        """The first ``n`` addresses it listens on (the main one first), from ``--hosts``."""
+        started = int(self.args[self.args.index("--hosts") + 1]) if "--hosts" in self.args else 1
+        assert n <= started, f"the upstream listens on {started} host(s), not {n}"
+        return loopback_hosts(n, urlsplit(self.url).hostname or "127.0.0.1")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+        self._close_pipe()
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup in the upstream; the kernel closes its sockets."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._close_pipe()
+
+    def restart(self) -> None:
+        """Kill it (if still running) and start it again on the same port, with the same CA
+        and options: clients that trust ``ca`` keep working."""
+        self.kill()
+        fresh = start_upstream(self.directory, *self.args, port=self.port)
+        self.url, self.proc = fresh.url, fresh.proc
+
+    def _close_pipe(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
-def start_upstream(directory: str) -> Upstream:
-    """Start ``python -m app.upstream`` writing its CA into ``directory``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.upstream", "--certs", directory],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )
+def start_upstream(directory: str, *args: str, port: int | None = None) -> Upstream:
+    """Start ``python -m app.upstream`` with the CA of ``directory`` (made there if missing)
+    and extra flags ``args``; on ``port`` (it can be a killed upstream's) or a free one."""
+    command = [sys.executable, "-m", "app.upstream", "--certs", directory, *args]
+    if port is not None:
+        command += ["--port", str(port)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     assert url.startswith("https://"), f"upstream did not start: {url!r}"
-    return Upstream(url=url, ca=os.path.join(directory, "ca.pem"), proc=proc)
+    return Upstream(url=url, ca=os.path.join(directory, "ca.pem"), proc=proc,
+                    directory=directory, args=args)
+
+
+def sockets_to(pid: int, port: int) -> int:
+    """How many TCP sockets process ``pid`` holds whose remote port is ``port`` (listening
+    sockets aside), from its /proc fd links and /proc/PID/net/tcp{,6}."""
+    inodes: set[str] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            link = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue  # closed since listdir
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:["):-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue  # no IPv6 in this kernel
+        for row in rows:
+            fields = row.split()
+            # local, remote ("HEXADDR:HEXPORT"), state ("0A" is LISTEN), ..., inode
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if (inode in inodes and state != "0A"
+                    and int(remote.rsplit(":", 1)[1], 16) == port):
+                count += 1
+    return count
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process ``pid`` has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def other_ca_file(directory: str) -> str:
