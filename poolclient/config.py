@@ -206,8 +206,8 @@ class Settings:
         "POOLCLIENT_CONNECT_RETRIES",
         2,
         non_negative_int,
-        "Times .request() retries a connection that could not be opened (never a request "
-        "that was sent).",
+        "Times a call retries a connection that could not be opened, whatever the method "
+        "(nothing was sent yet), with backoff (POOLCLIENT_BACKOFF).",
     )
     block: bool = _setting(
         "POOLCLIENT_BLOCK",

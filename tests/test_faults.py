@@ -269,6 +269,10 @@ def test_gevent_two_workers_32_clients_bounded(gunicorn, upstream):
     seen = upstream.stats()
     assert 1 <= len(seen["connections"]) <= 8
     assert seen["requests"] == outcomes[200]
+    health = health_by_worker(server, server.worker_pids()).values()
+    assert sum(h["totals"]["connections_opened"] for h in health) == len(seen["connections"])
+    assert sum(h["totals"]["waits"] for h in health) > 0  # 32 callers, 8 connections
+    assert all(h["maxsize"] == 4 for h in health)
 
 
 def test_max_requests_recycling_under_load(gunicorn, upstream):

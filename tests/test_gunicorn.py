@@ -111,21 +111,6 @@ def test_workers_bounded_and_never_share_a_connection(
     wait_for(lambda: upstream.stats()["open"] == 0, 10, "upstream connections to close")
 
 
-def test_gevent_worker_is_bounded_by_maxsize(gunicorn, upstream: Upstream):
-    """gevent, POOLCLIENT_MAXSIZE=4, 32 concurrent clients: no errors, at most 4 connections."""
-    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
-           "POOLCLIENT_MAXSIZE": "4"}
-    server = gunicorn(["-w", "1", "-k", "gevent", "--worker-connections", "100",
-                       "tests.apps.pidrelay:app"], env)
-    outcomes = load(server.url, clients=32, seconds=3)
-    assert set(outcomes) == {200}, outcomes
-    conns = upstream.stats()["connections"]
-    assert 1 <= len(conns) <= 4
-    (health,) = health_by_worker(server, server.worker_pids()).values()
-    assert health["totals"]["connections_opened"] == len(conns)
-    assert health["totals"]["waits"] > 0  # 32 callers, 4 connections: some had to wait
-
-
 def test_cloudant_clients_built_per_request_reuse_connections(gunicorn, upstream: Upstream):
     """python-cloudant with adapter= and the IBM SDK on .session(), both built per request:
     at most workers x threads connections."""
