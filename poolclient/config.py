@@ -239,10 +239,11 @@ class Settings:
     )
     deadline: float = _setting(
         "POOLCLIENT_DEADLINE",
-        30.0,
+        20.0,
         positive_seconds,
         "Seconds one call may take until its response arrives: pool wait, connects, retries "
-        "with their backoff, and reads. Each attempt's timeouts are cut to what is left.",
+        "with their backoff, and reads. Each attempt's timeouts are cut to what is left. "
+        "Keep it below gunicorn's --timeout (30 s), or a sync worker is killed, not answered.",
     )
     backoff: float = _setting(
         "POOLCLIENT_BACKOFF",

@@ -66,8 +66,15 @@ def _loaded_registry() -> Registry | None:
 
 
 def on_starting(server: Any) -> None:
-    """Master, before anything starts: stop at once on a bad ``POOLCLIENT_*`` setting."""
-    check_settings()
+    """Master, before anything starts: stop at once on a bad ``POOLCLIENT_*`` setting, and
+    warn when a call may outlive gunicorn's worker timeout."""
+    settings = check_settings()
+    timeout = getattr(server.cfg, "timeout", 0) or 0
+    if timeout and settings.deadline >= timeout:
+        server.log.warning(
+            "poolclient: POOLCLIENT_DEADLINE=%s is not below gunicorn's timeout=%s: a sync "
+            "worker waiting on a slow upstream would be killed instead of answering 504",
+            settings.deadline, timeout)
 
 
 def pre_fork(server: Any, worker: Any) -> None:

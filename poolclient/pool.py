@@ -203,7 +203,9 @@ class CountedPool(_PoolBase):
         try:
             return super()._make_request(conn, method, url, *args, **kwargs)
         except _NO_RESPONSE as exc:
-            if not (reused and not args and _replayable(method, kwargs.get("body"))):
+            retries = kwargs.get("retries")
+            if not (reused and not args and _replayable(method, kwargs.get("body"))
+                    and getattr(retries, "total", None) is not False):  # retries=False
                 self.stats.failed()
                 raise
             # The upstream closed the connection while it was idle, so it cannot have

@@ -186,3 +186,13 @@ def test_hooks_have_the_signatures_gunicorn_validates(hook, arity):
 
     fn = getattr(poolclient.gunicorn, hook)
     assert validate_callable(arity)(fn) is fn
+
+
+def test_deadline_at_or_above_the_worker_timeout_is_warned(gunicorn, upstream: Upstream):
+    """POOLCLIENT_DEADLINE=40 with gunicorn's timeout 30: the master says so at start-up;
+    the default (20) gives no warning."""
+    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca}
+    warned = gunicorn(["-w", "1"], {**env, "POOLCLIENT_DEADLINE": "40"})
+    quiet = gunicorn(["-w", "1"], env)
+    assert "POOLCLIENT_DEADLINE=40.0 is not below gunicorn's timeout=30" in warned.log()
+    assert "POOLCLIENT_DEADLINE" not in quiet.log()

@@ -245,3 +245,14 @@ def test_urllib3_debug_lines_carry_no_query_secrets(one: Registry, upstream, cap
     one.request("GET", upstream.url + "/items?access_token=SECRET-42&page=2")
     assert "/items?access_token=***&page=***" in caplog.text
     assert "SECRET-42" not in caplog.text
+
+
+def test_retries_false_means_no_stale_retry_either(one: Registry, upstream: Upstream):
+    """A caller that passes retries=False gets the dropped connection's error as is."""
+    assert one.request("GET", upstream.url + "/drop-next").status == 200
+    request_id = rid()
+    with pytest.raises(ProtocolError):
+        one.request("GET", upstream.url + "/x", retries=False,
+                    headers={"X-Request-Id": request_id})
+    assert upstream.stats()["received"][request_id] == 1
+    assert one.stats().totals()["retried"] == 0
