@@ -121,6 +121,7 @@ class Record:
             "duplicates": sorted(rid for rid, n in received.items() if n > 1),
             "dropped": dropped,
             "methods": methods,
+            # Like "connections", only those with counted requests: control calls aside.
             "hosts_seen": len({c["local"] for c in conns}),
         }
 

@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -197,3 +199,48 @@ class Gunicorn:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",),
+         headers: dict[str, str] | None = None) -> Counter:
+    """``clients`` keep-alive clients calling ``url`` for ``seconds``; outcomes counted."""
+    deadline = time.monotonic() + seconds
+    totals: Counter = Counter()
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        seen: Counter = Counter()
+        with urllib3.PoolManager(maxsize=1, retries=False) as http:
+            i = n
+            while time.monotonic() < deadline:
+                path = paths[i % len(paths)]
+                i += 1
+                try:
+                    r = http.request("GET", url + path, timeout=30, headers=headers)
+                    seen[r.status] += 1
+                except Exception as exc:  # noqa: BLE001 - every failure is a counted outcome
+                    seen[type(exc).__name__] += 1
+        with lock:
+            totals.update(seen)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return totals
+
+
+def health_by_worker(server: Gunicorn, workers: set[int]) -> dict[int, dict]:
+    """``/health`` from every worker: asked on fresh connections until each has answered."""
+    found: dict[int, dict] = {}
+
+    def all_seen() -> bool:
+        with urllib3.PoolManager(retries=False) as http:
+            r = http.request("GET", server.url + "/health", headers={"Connection": "close"})
+        doc = json.loads(r.data)
+        found[doc["pid"]] = doc
+        return workers <= set(found)
+
+    wait_for(all_seen, 20, "every worker to answer /health")
+    return {pid: found[pid] for pid in workers}

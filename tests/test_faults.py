@@ -24,6 +24,8 @@ import urllib3
 from tests.helpers import (
     Gunicorn,
     Upstream,
+    health_by_worker,
+    load,
     open_fds,
     other_ca_file,
     refused_url,
@@ -31,7 +33,6 @@ from tests.helpers import (
     start_upstream,
     wait_for,
 )
-from tests.test_gunicorn import health_by_worker, load
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
