@@ -147,8 +147,8 @@ def ca_bundle(value: object) -> str | None:
 
 def _setting(env: str, default: object, validator: Validator, doc: str,
              secret: bool = False) -> Any:
-    return field(default=default, repr=not secret, metadata={"env": env, "validator": validator, "doc": doc,
-                                            "secret": secret})
+    metadata = {"env": env, "validator": validator, "doc": doc, "secret": secret}
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 PRIVATE_NETWORKS = ",".join([
