@@ -106,10 +106,25 @@ class PoolAdapter(HTTPAdapter):
         self.proxy_manager.clear()
 
 
+class PooledSession(requests.Session):
+    """A ``requests.Session`` on a registry's pools whose ``request()`` (redirects and the
+    body of a non-streamed response included) has one deadline, ``POOLCLIENT_DEADLINE``."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__()
+        self.deadline = registry.settings.deadline
+        adapter = PoolAdapter(registry)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
+
+    __attrs__ = [*requests.Session.__attrs__, "deadline"]  # what pickling keeps
+
+    def request(self, method: str, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:
+        with retry.deadline(self.deadline):
+            return super().request(method, url, *args, **kwargs)
+
+
 def pooled_session(registry: Registry) -> requests.Session:
     """A ``requests.Session`` whose http:// and https:// go through ``registry``."""
-    session = requests.Session()
-    adapter = PoolAdapter(registry)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    return PooledSession(registry)

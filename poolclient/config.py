@@ -89,12 +89,18 @@ def non_negative_seconds(value: object) -> float:
     return number
 
 
+UNIX = "unix"  # callers on a unix socket, which have no address
+
+
 def networks(value: object) -> str:
-    """Comma-separated IP networks (CIDR), normalised; empty allows no address."""
+    """Comma-separated IP networks (CIDR) and ``unix``, normalised; empty allows none."""
     if not isinstance(value, str):
         raise ValueError("expected comma-separated IP networks such as 127.0.0.0/8,::1")
     parsed = []
     for item in filter(None, (part.strip() for part in value.split(","))):
+        if item.lower() == UNIX:
+            parsed.append(UNIX)
+            continue
         try:
             parsed.append(str(ipaddress.ip_network(item, strict=False)))
         except ValueError:
@@ -154,6 +160,7 @@ def _setting(env: str, default: object, validator: Validator, doc: str,
 PRIVATE_NETWORKS = ",".join([
     "127.0.0.0/8", "::1/128",  # loopback
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7",  # private (RFC 1918, 4193)
+    UNIX,
 ])
 
 
@@ -256,9 +263,10 @@ class Settings:
         "POOLCLIENT_STATS_ALLOW",
         PRIVATE_NETWORKS,
         networks,
-        "Client networks that may read /health (and other stats endpoints): loopback and "
-        "private networks by default. Behind a proxy this is the proxy's address: restrict "
-        "the path there too. Empty: only callers with the token.",
+        "Client networks that may read /health (and other stats endpoints): loopback, "
+        "private networks and unix-socket callers (unix) by default. Behind a proxy every "
+        "caller has the proxy's address: restrict the path there too. Empty: only callers "
+        "with the token.",
     )
     stats_token: str | None = _setting(
         "POOLCLIENT_STATS_TOKEN",
@@ -304,7 +312,8 @@ class Settings:
     @functools.cached_property
     def stats_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``stats_allow`` parsed, once."""
-        return tuple(ipaddress.ip_network(n) for n in self.stats_allow.split(",") if n)
+        return tuple(ipaddress.ip_network(n) for n in self.stats_allow.split(",")
+                     if n and n != UNIX)
 
 
 def settings_table() -> str:

@@ -21,7 +21,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .config import Settings
+from .config import UNIX, Settings
 from .registry import Registry, get_registry
 from .render import health_document, json_bytes
 
@@ -102,8 +102,8 @@ def stats_allowed(environ: WSGIEnvironment, settings: Settings) -> bool:
         if hmac.compare_digest(presented, f"Bearer {token}".encode()):
             return True
     address = environ.get("REMOTE_ADDR") or ""
-    if not address:
-        return True  # a unix socket (gunicorn gives no address): only local processes
+    if not address:  # a unix socket: gunicorn gives no address
+        return UNIX in settings.stats_allow.split(",")
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import EmptyPoolError
+from urllib3.exceptions import EmptyPoolError, MaxRetryError
+from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import Timeout
 
 from . import retry
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
 
 log = logging.getLogger("poolclient.pool")
+
+# A timeout that fires with less than this left of the deadline was the deadline's cut.
+_DEADLINE_SLACK = 0.05
 
 # What a reused connection raises when the upstream closed it while it sat idle: the
 # status line never came (closed, reset, or TLS cut). A response that began and then broke
@@ -199,17 +203,16 @@ class CountedPool(_PoolBase):
         # A connection with an open socket has carried a request before: pools never
         # pre-connect.
         reused = not conn.is_closed
-        self.stats.sent(reused=reused)
         try:
-            return super()._make_request(conn, method, url, *args, **kwargs)
+            return self._attempt(conn, method, url, reused, *args, **kwargs)
         except _NO_RESPONSE as exc:
-            retries = kwargs.get("retries")
             if not (reused and not args and _replayable(method, kwargs.get("body"))
-                    and getattr(retries, "total", None) is not False):  # retries=False
+                    and _retries_allowed(kwargs.get("retries"))):
                 self.stats.failed()
                 raise
-            # The upstream closed the connection while it was idle, so it cannot have
-            # answered: send again, once, on a new connection (retry module, rule 2).
+            # The upstream closed the connection without a byte of answer: most often it
+            # timed the connection out while idle, but it may have seen the request, so
+            # only a method that may be repeated is sent again (retry module, rule 2).
             log.debug("reused connection to %s failed before a response (%s); sending %s "
                       "again on a new connection", _origin(self), type(exc).__name__, method)
             self.stats.retried_one()
@@ -217,16 +220,28 @@ class CountedPool(_PoolBase):
         except BaseException:
             self.stats.failed()
             raise
-        self.stats.sent(reused=False)
         try:
-            return super()._make_request(conn, method, url, **kwargs)
+            return self._attempt(conn, method, url, False, **kwargs)
         except BaseException:
             self.stats.failed()
             raise
 
+    def _attempt(self, conn: Any, method: str, url: str, reused: bool, *args: Any,
+                 **kwargs: Any) -> BaseHTTPResponse:
+        """One request on ``conn``, its timeouts cut to what is left of the deadline (cut
+        here, not in urlopen, so the pool wait and an earlier attempt count against it)."""
+        left = retry.remaining()
+        if left is not None:
+            if left <= 0:
+                raise retry.DeadlineExceededError(self, url)
+            kwargs["timeout"] = _cut(self._get_timeout(kwargs.get("timeout", self.timeout)),
+                                     left)
+        self.stats.sent(reused=reused)
+        return super()._make_request(conn, method, url, *args, **kwargs)
+
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
-        # Every attempt, retries and redirects included, comes through here: cut its pool
-        # wait and its timeouts to what is left of the call's deadline.
+        # Every attempt, retries and redirects included, comes through here: start the
+        # deadline if the caller did not, and cut the pool wait to what is left of it.
         with retry.deadline(self.deadline):
             left = retry.remaining()
             if left is not None:
@@ -237,13 +252,21 @@ class CountedPool(_PoolBase):
                     history = getattr(retries, "history", ())
                     last = history[-1].error if history else None
                     raise retry.DeadlineExceededError(self, url, last)
-                if len(args) > 5:  # timeout and later given by position
-                    raise TypeError("pass timeout and pool_timeout to urlopen() by keyword")
+                if len(args) > 6:  # pool_timeout given by position
+                    raise TypeError("pass pool_timeout to urlopen() by keyword")
                 wait = kw.get("pool_timeout")
                 wait = self.pool_timeout if wait is None else wait
                 kw["pool_timeout"] = left if wait is None else min(wait, left)
-                kw["timeout"] = _cut(self._get_timeout(kw.get("timeout", self.timeout)), left)
-            return super().urlopen(method, url, *args, **kw)
+            try:
+                return super().urlopen(method, url, *args, **kw)
+            except (Urllib3TimeoutError, EmptyPoolError, MaxRetryError) as exc:
+                # A timeout or a pool wait that the deadline cut short is the deadline's.
+                left = retry.remaining()
+                if (isinstance(exc, retry.DeadlineExceededError) or left is None
+                        or left > _DEADLINE_SLACK):
+                    raise
+                cause = exc.reason if isinstance(exc, MaxRetryError) else exc
+                raise retry.DeadlineExceededError(self, url, cause) from exc
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
@@ -262,6 +285,12 @@ class CountedHTTPSConnectionPool(CountedPool, HTTPSConnectionPool):
     """An ``HTTPSConnectionPool`` whose connections, waits and requests are counted."""
 
     ConnectionCls = _CountedHTTPSConnection
+
+
+def _retries_allowed(retries: object) -> bool:
+    # retries=False and retries=0 (requests' own default) mean: send once, whatever happens.
+    total = getattr(retries, "total", None)
+    return total is None or (total is not False and total > 0)
 
 
 def _replayable(method: str, body: object) -> bool:

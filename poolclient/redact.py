@@ -18,8 +18,11 @@ import re
 
 MASK = "***"
 
-_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#@'\"]*@")
-_QUERY_VALUE = re.compile(r"(?P<key>[?&;][^\s=&#?'\"]+=)[^\s&#'\"]*")
+# Greedy up to the last "@" before the path: a password may itself hold an "@".
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#]*@")
+# A value runs to the next separator or whitespace, quotes included (urllib3 leaves "'"
+# unencoded); masking a closing quote too is the safe side.
+_QUERY_VALUE = re.compile(r"(?P<key>[?&;][^\s=&#?]*=)[^\s&#]*")
 
 # The loggers that format URLs or request targets into their records.
 _LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry",

@@ -188,8 +188,10 @@ class Registry:
     ) -> BaseHTTPResponse:
         """Send a request through the shared pools; arguments as urllib3's ``request()``.
 
-        :param deadline: seconds the whole call may take (retries, redirects and reading
-            the body included); ``POOLCLIENT_DEADLINE`` by default.
+        :param deadline: seconds the call may take: pool wait, connects, retries, redirects
+            and reads, each read's timeout cut to what is left when its attempt starts (a
+            body trickled in slowly is bounded per read, not in total);
+            ``POOLCLIENT_DEADLINE`` by default.
         :raises DeadlineExceededError: a ``ReadTimeoutError``, when the deadline passed.
         """
         pools = self._pools()

@@ -10,10 +10,12 @@ Three rules, each enforced in one place:
   decision needs to know whether the connection was reused, which only the pool knows: see
   ``CountedPool._make_request``. A POST is never resent.
 - **One call has one deadline**: pool wait, connects, retries, backoff and reads together.
-  ``Registry.request`` and ``PoolAdapter.send`` start it; each attempt's timeouts are cut to
-  what is left (``CountedPool.urlopen``). It travels in a context variable because requests
-  gives an adapter no way to pass per-call state to a pool; context variables are per thread
-  and per greenlet, so concurrent calls never see each other's.
+  ``Registry.request`` and ``PooledSession.request`` start it; the pool wait and then each
+  attempt's timeouts are cut to what is left (``CountedPool.urlopen`` and ``_attempt``).
+  Socket timeouts apply per read, so a body trickled in slowly is bounded per read only.
+  The deadline travels in a context variable because requests gives an adapter no way to
+  pass per-call state to a pool; context variables are per thread and per greenlet, so
+  concurrent calls never see each other's.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ GOOD_ENV = [
     pytest.param("POOLCLIENT_MAX_LIFETIME", "60", 60.0, id="max_lifetime"),
     pytest.param("POOLCLIENT_DEADLINE", "2.5", 2.5, id="deadline"),
     pytest.param("POOLCLIENT_BACKOFF", "0", 0.0, id="backoff-zero"),
-    pytest.param("POOLCLIENT_STATS_ALLOW", " 10.1.2.3 , ::1", "10.1.2.3/32,::1/128",
+    pytest.param("POOLCLIENT_STATS_ALLOW", " 10.1.2.3 , ::1,UNIX", "10.1.2.3/32,::1/128,unix",
                  id="stats_allow-normalised"),
     pytest.param("POOLCLIENT_STATS_ALLOW", "", "", id="stats_allow-empty-is-token-only"),
     pytest.param("POOLCLIENT_STATS_TOKEN", "s3cret-token-0123456789", "s3cret-token-0123456789",

@@ -174,6 +174,8 @@ def test_health_token_opens_it_from_anywhere_and_is_never_shown() -> None:
     res = app.get("/health", extra_environ={**env, "REMOTE_ADDR": "127.0.0.1"},
                   expect_errors=True)
     assert res.status_int == 403  # empty allow list: loopback too needs the token
+    for unix in ({"REMOTE_ADDR": ""}, {}):  # a unix socket, unless "unix" is allowed
+        assert app.get("/health", extra_environ=unix, expect_errors=True).status_int == 403
     res = app.get("/health", extra_environ=env, headers={"Authorization": f"Bearer {TOKEN}"})
     assert res.status_int == 200
     assert res.json["settings"]["POOLCLIENT_STATS_TOKEN"] == "***"

@@ -7,8 +7,10 @@ The same behaviours under real gunicorn workers are in ``test_faults.py``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -17,7 +19,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 from poolclient import DeadlineExceededError, Registry, Settings
 from poolclient import retry as retry_module
 from poolclient.redact import redact
-from tests.helpers import Upstream, refused_url
+from tests.helpers import Upstream, refused_url, wait_for
 
 
 def make(upstream: Upstream, **settings: object) -> Registry:
@@ -233,6 +235,9 @@ def test_deadline_is_per_call_and_nested_calls_share_it():
      "GET /items?access_token=***&page=*** HTTP/1.1"),
     ("Redirecting https://h/a?sig=1 -> https://u:p@h2/b?k=v",
      "Redirecting https://h/a?sig=*** -> https://***@h2/b?k=***"),
+    ("http://u:p@ss@127.0.0.1:8/x", "http://***@127.0.0.1:8/x"),  # "@" in the password
+    ("/x?sig=ab'cd&k=v", "/x?sig=***&k=***"),  # urllib3 leaves "'" unencoded
+    ("/x?=lonely", "/x?=***"),
     ("no url here", "no url here"),
 ])
 def test_redact(text: str, expected: str):
@@ -247,12 +252,50 @@ def test_urllib3_debug_lines_carry_no_query_secrets(one: Registry, upstream, cap
     assert "SECRET-42" not in caplog.text
 
 
-def test_retries_false_means_no_stale_retry_either(one: Registry, upstream: Upstream):
-    """A caller that passes retries=False gets the dropped connection's error as is."""
+@pytest.mark.parametrize("retries", [False, 0], ids=["retries-False", "retries-0"])
+def test_no_retries_means_no_stale_retry_either(one: Registry, upstream: Upstream, retries):
+    """A caller that passes retries=False or 0 gets the dropped connection's error as is."""
     assert one.request("GET", upstream.url + "/drop-next").status == 200
     request_id = rid()
-    with pytest.raises(ProtocolError):
-        one.request("GET", upstream.url + "/x", retries=False,
+    with pytest.raises((ProtocolError, MaxRetryError)):
+        one.request("GET", upstream.url + "/x", retries=retries,
                     headers={"X-Request-Id": request_id})
     assert upstream.stats()["received"][request_id] == 1
     assert one.stats().totals()["retried"] == 0
+
+
+def test_pool_wait_counts_against_the_deadline(upstream: Upstream):
+    """maxsize 1, deadline 1 s: a caller that waited 0.8 s for the connection has 0.2 s
+    left for its own request, and gets DeadlineExceededError, not a fresh full timeout."""
+    reg = make(upstream, maxsize=1, deadline=1.0, pool_timeout=5)
+    try:
+        holder_has_it = threading.Event()
+        first = threading.Thread(target=lambda: (
+            holder_has_it.set(), reg.request("GET", upstream.url + "/slow?seconds=0.8")))
+        first.start()
+        holder_has_it.wait()
+        wait_for(lambda: reg.stats().totals()["in_use"] == 1, 5, "the first call to start")
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            reg.request("GET", upstream.url + "/slow?seconds=0.5")
+        elapsed = time.monotonic() - started
+        first.join()
+        assert elapsed < 1.6
+    finally:
+        reg.close()
+
+
+def test_a_session_request_has_one_deadline_across_redirects(upstream: Upstream):
+    """Each redirect hop of a .session() request sees the same, shrinking deadline."""
+    reg = make(upstream, maxsize=1, deadline=7.0)
+    seen: list[float | None] = []
+    try:
+        with reg.session() as s:
+            s.hooks["response"].append(lambda r, **kw: seen.append(retry_module.remaining()))
+            target = upstream.url + "/redirect?" + urlencode({"to": upstream.url + "/end"})
+            assert s.get(target).json()["path"] == "/end"
+        assert len(seen) == 2 and all(left is not None for left in seen)
+        assert 0 < seen[1] <= seen[0] <= 7.0  # type: ignore[operator]
+        assert retry_module.remaining() is None
+    finally:
+        reg.close()
