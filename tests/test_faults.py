@@ -69,7 +69,8 @@ def only_health(server: Gunicorn) -> dict:
 
 @pytest.mark.parametrize("idle_timeout", [None, "0.9"], ids=["default-idle-timeout",
                                                              "idle-timeout-0.9"])
-def test_upstream_closing_idle_connections_after_1s(gunicorn, tmp_path, idle_timeout):
+def test_upstream_closing_idle_connections_after_1s(gunicorn, tmp_path, idle_timeout,
+                                                     record_property):
     """The upstream closes keep-alive connections idle for 1 s; calls come 0.95-1.2 s apart,
     so each reuse races the close. Every call succeeds, and the upstream answered each
     exactly once. With POOLCLIENT_IDLE_TIMEOUT=0.9 the pool never even tries: each call
@@ -91,6 +92,8 @@ def test_upstream_closing_idle_connections_after_1s(gunicorn, tmp_path, idle_tim
         assert answered == 7
         totals = only_health(server)["totals"]
         assert totals["errors"] == 0
+        record_property("figures", {k: totals[k] for k in (
+            "requests", "connections_opened", "expired", "retried", "errors")})
         if idle_timeout:
             assert (totals["connections_opened"], totals["retried"]) == (7, 0)
             assert seen["dropped"] == 0
@@ -123,20 +126,23 @@ def test_post_on_a_dead_connection_reaches_the_upstream_once(gunicorn, upstream,
 # --- timeouts and exhaustion -----------------------------------------------------------
 
 
-def test_slow_upstream_is_504_within_the_read_timeout_then_recovers(gunicorn, upstream):
+def test_slow_upstream_is_504_within_the_read_timeout_then_recovers(gunicorn, upstream,
+                                                                    record_property):
     """5 s upstream, POOLCLIENT_READ_TIMEOUT=1: 504 JSON in under 3 s, received once; the
     next call succeeds."""
     server = gunicorn(["-w", "1", "--threads", "2"],
                       env_for(upstream, POOLCLIENT_READ_TIMEOUT="1"))
     status, body, elapsed, _ = get(server.url + "/upstream/slow?seconds=5")
     assert status == 504 and "timed out" in body["error"]
+    record_property("figures", {"seconds_to_504": round(elapsed, 3)})
     assert elapsed < 3
     assert upstream.stats()["requests"] == 1
     status, body, _, _ = get(server.url + "/upstream/items")
     assert status == 200 and body["path"] == "/items"
 
 
-def test_exhausted_pool_is_503_with_retry_after_and_counted(gunicorn, upstream):
+def test_exhausted_pool_is_503_with_retry_after_and_counted(gunicorn, upstream,
+                                                            record_property):
     """POOLCLIENT_MAXSIZE=1, POOLCLIENT_POOL_TIMEOUT=0.5, four concurrent 2 s calls: one
     succeeds, the others get 503 JSON with Retry-After in under 1.8 s; /health counts the
     waits."""
@@ -152,6 +158,9 @@ def test_exhausted_pool_is_503_with_retry_after_and_counted(gunicorn, upstream):
             assert headers["Retry-After"] == "1"
             assert "no upstream connection free" in body["error"]
     totals = only_health(server)["totals"]
+    record_property("figures", {"seconds_to_503": sorted(round(r[2], 3) for r in results
+                                                         if r[0] == 503),
+                                "waits": totals["waits"]})
     assert totals["waits"] >= 3
     assert upstream.stats()["requests"] == 1
 
@@ -159,7 +168,7 @@ def test_exhausted_pool_is_503_with_retry_after_and_counted(gunicorn, upstream):
 # --- recovery --------------------------------------------------------------------------
 
 
-def test_upstream_killed_and_restarted_under_load(gunicorn, upstream):
+def test_upstream_killed_and_restarted_under_load(gunicorn, upstream, record_property):
     """Eight clients keep calling while the upstream is SIGKILLed and restarted on the same
     port: every request that starts after the restart succeeds."""
     server = gunicorn(["-w", "2", "--threads", "4"], env_for(upstream))
@@ -197,6 +206,7 @@ def test_upstream_killed_and_restarted_under_load(gunicorn, upstream):
             t.join()
     after = Counter(s for t0, s in outcomes if t0 > restarted)
     before = Counter(s for t0, s in outcomes if t0 <= restarted)
+    record_property("figures", {"before_restart": dict(before), "after_restart": dict(after)})
     assert set(after) == {200}, after
     assert before[502] > 0 and -1 not in before  # down: 502 JSON, never a broken answer
     assert server.worker_pids() == workers  # no worker died on the way
@@ -276,7 +286,7 @@ def test_gevent_two_workers_32_clients_bounded(gunicorn, upstream):
     assert all(h["maxsize"] == 4 for h in health)
 
 
-def test_max_requests_recycling_under_load(gunicorn, upstream):
+def test_max_requests_recycling_under_load(gunicorn, upstream, record_property):
     """--max-requests 300 under load: workers are replaced, no request fails, the master
     never holds an upstream socket, and afterwards the upstream's open connections are at
     most workers x maxsize."""
@@ -299,6 +309,9 @@ def test_max_requests_recycling_under_load(gunicorn, upstream):
     finally:
         stop.set()
         watcher.join()
+    record_property("figures", {"outcomes": dict(outcomes),
+                                "restarts": server.log().count("Autorestarting worker"),
+                                "master_socket_samples": len(master_sockets)})
     assert set(outcomes) == {200}, outcomes
     assert outcomes[200] > 900  # at least three generations of workers
     assert "Autorestarting worker" in server.log()
@@ -308,7 +321,7 @@ def test_max_requests_recycling_under_load(gunicorn, upstream):
              "to close")
 
 
-def test_thousand_hosts_bounded_pools_and_descriptors(gunicorn, tmp_path):
+def test_thousand_hosts_bounded_pools_and_descriptors(gunicorn, tmp_path, record_property):
     """10,000 requests over 1,000 loopback hosts with POOLCLIENT_MAX_HOSTS=50: each worker
     keeps at most 50 pools and 50 x maxsize upstream sockets; descriptors stay bounded."""
     upstream = start_upstream(str(tmp_path / "up"), "--hosts", "1000")
@@ -331,6 +344,10 @@ def test_thousand_hosts_bounded_pools_and_descriptors(gunicorn, tmp_path):
         seen = upstream.stats()
         assert seen["requests"] == 10_000 and seen["hosts_seen"] == 1000
         for pid, health in health_by_worker(server, workers).items():
+            record_property(f"worker-{pid}", {
+                "pools": len(health["pools"]), "sockets": sockets_to(pid, upstream.port),
+                "fds_before": baseline[pid], "fds_after": open_fds(pid),
+                "connections_opened": health["totals"]["connections_opened"]})
             assert len(health["pools"]) <= 50
             assert sockets_to(pid, upstream.port) <= 50 * 2
             assert open_fds(pid) <= baseline[pid] + 50 * 2
