@@ -9,10 +9,13 @@ import os
 
 from poolclient.gunicorn import (  # noqa: F401 - gunicorn reads these names
     check_settings,
+    child_exit,
+    on_exit,
     on_starting,
     post_fork,
     post_worker_init,
     pre_fork,
+    prepare_metrics_dir,
     worker_exit,
 )
 
@@ -26,6 +29,7 @@ def _int(name: str, default: int) -> int:
 
 
 check_settings()  # a bad POOLCLIENT_* value stops here, in one line
+prepare_metrics_dir()  # before a --preload'ed app can import prometheus-client
 
 wsgi_app = "app.wsgi:application"
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")

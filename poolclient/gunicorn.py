@@ -2,7 +2,8 @@
 
 Import them into a gunicorn config file (the project's ``gunicorn.conf.py`` does)::
 
-    from poolclient.gunicorn import on_starting, pre_fork, post_fork, post_worker_init, worker_exit
+    from poolclient.gunicorn import (on_starting, pre_fork, post_fork, post_worker_init,
+                                     worker_exit, child_exit, on_exit)
 
 Each has exactly the signature gunicorn validates. If your config defines a hook of the
 same name, call ours from it.
@@ -19,6 +20,15 @@ Order in a worker, and why each step is where it is:
   unless it already wraps itself.
 - ``worker_exit`` (normally the child; gunicorn also calls it in the master when the
   worker was already gone): close the pools, only in the process that owns them.
+- ``child_exit`` (master, a worker gone for whatever reason): drop its live gauges from the
+  metrics; its counters stay, so totals keep what it did.
+- ``on_exit`` (master, last): remove the metrics directory if poolclient made it.
+
+Metrics (with ``poolclient[prometheus]``): ``on_starting`` makes sure
+``PROMETHEUS_MULTIPROC_DIR`` names a directory (a new temporary one when unset) and wipes its
+files from an earlier run. An app loaded with ``--preload`` is imported before
+``on_starting``; ``gunicorn.conf.py`` therefore calls :func:`prepare_metrics_dir` when it is
+read, and so should a config of your own that preloads.
 
 This module imports urllib3 only inside hooks that run after the patch (see
 ``poolclient/__init__``).
@@ -26,18 +36,24 @@ This module imports urllib3 only inside hooks that run after the patch (see
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import sys
+import tempfile
 from typing import TYPE_CHECKING, Any
 
-from . import _fork
+from . import _fork, metrics
 from .config import Settings
 from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["on_starting", "post_fork", "post_worker_init", "pre_fork", "worker_exit"]
+__all__ = ["child_exit", "on_exit", "on_starting", "post_fork", "post_worker_init",
+           "pre_fork", "prepare_metrics_dir", "worker_exit"]
+
+_made_dirs: set[str] = set()
 
 
 def check_settings() -> Settings:
@@ -65,10 +81,31 @@ def _loaded_registry() -> Registry | None:
     return module._default if module is not None else None
 
 
+def prepare_metrics_dir() -> str | None:
+    """Make sure ``PROMETHEUS_MULTIPROC_DIR`` names an existing directory, creating a
+    temporary one when it is unset; ``None`` without prometheus-client. Idempotent."""
+    if not metrics.available():
+        return None
+    path = os.environ.get(metrics.MULTIPROC_ENV)
+    if not path:
+        path = tempfile.mkdtemp(prefix="poolclient-metrics-")
+        _made_dirs.add(path)
+        # Set in the master's environment: every worker forked later inherits it.
+        os.environ[metrics.MULTIPROC_ENV] = path
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def on_starting(server: Any) -> None:
     """Master, before anything starts: stop at once on a bad ``POOLCLIENT_*`` setting, and
     warn when a call may outlive gunicorn's worker timeout."""
     settings = check_settings()
+    path = prepare_metrics_dir()
+    if path is not None:
+        # Counters are per pid file; a previous run's would be summed into this one's.
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+        server.log.info("poolclient: metrics of every worker in %s", path)
     timeout = getattr(server.cfg, "timeout", 0) or 0
     if timeout and settings.deadline >= timeout:
         server.log.warning(
@@ -104,3 +141,19 @@ def worker_exit(server: Any, worker: Any) -> None:
     registry = _loaded_registry()
     if registry is not None and os.getpid() == worker.pid:
         registry.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Master, a worker has exited: remove its live gauges from the metrics."""
+    if metrics.available() and metrics.multiprocess():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    """Master, shutting down: remove the metrics directory poolclient created."""
+    path = os.environ.get(metrics.MULTIPROC_ENV, "")
+    if path in _made_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+        _made_dirs.discard(path)

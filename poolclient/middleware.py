@@ -1,4 +1,5 @@
-"""WSGI middleware that hands every request the process's pools, and serves ``/health``.
+"""WSGI middleware that hands every request the process's pools, and serves ``/health``
+and ``/metrics``.
 
 Use it when handlers call HTTP services: wrap the application once and every handler finds
 the registry at ``environ['http.pool']`` (and at ``environ['poolclient.registry']``, the
@@ -9,9 +10,10 @@ opened per request. Under gunicorn, ``-c gunicorn.conf.py`` (or the hooks in
 Wrapping twice is harmless: an inner instance sees the outer one's key and steps aside.
 
 ``GET /health`` answers this worker's counters as JSON. Under a multi-process server
-it describes only the worker that answered. It shows upstream hosts and settings, so only
-callers from ``POOLCLIENT_STATS_ALLOW`` (loopback and private networks by default) or with
-the bearer ``POOLCLIENT_STATS_TOKEN`` may read it; others get 403.
+it describes only the worker that answered; ``GET /metrics`` sums every worker (see
+:mod:`poolclient.metrics`). Both show upstream hosts, so only callers from
+``POOLCLIENT_STATS_ALLOW`` (loopback and private networks by default) or with the bearer
+``POOLCLIENT_STATS_TOKEN`` may read them; others get 403.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from . import metrics
 from .config import UNIX, Settings
 from .registry import Registry, get_registry
 from .render import health_document, json_bytes
@@ -38,7 +41,10 @@ class PoolClientMiddleware:
     :param registry: defaults to the process-global :func:`~poolclient.get_registry`,
         looked up per request so that a middleware built before a fork serves the child.
     :param environ_key: where handlers find the registry.
-    :param health_path: the path answered with pool stats; ``None`` turns it off.
+    :param health_path: the path answered with this worker's pool stats; ``None`` turns it
+        off.
+    :param metrics_path: the path answered with Prometheus metrics of every worker (needs
+        ``poolclient[prometheus]``; without it, 501 saying so); ``None`` turns it off.
 
     .. code-block:: python
 
@@ -56,11 +62,13 @@ class PoolClientMiddleware:
         *,
         environ_key: str = "http.pool",
         health_path: str | None = "/health",
+        metrics_path: str | None = "/metrics",
     ) -> None:
         self.app = app
         self.registry = registry
         self.environ_key = environ_key
         self.health_path = health_path
+        self.metrics_path = metrics_path
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -70,12 +78,14 @@ class PoolClientMiddleware:
         registry = self.registry if self.registry is not None else get_registry()
         environ[REGISTRY_KEY] = registry
         environ[self.environ_key] = registry
-        if self.health_path is not None and environ.get("PATH_INFO") == self.health_path:
-            return self._health(environ, start_response, registry)
+        path = environ.get("PATH_INFO")
+        if path is not None and path in (self.health_path, self.metrics_path):
+            return self._stats(environ, start_response, registry, path == self.health_path)
         return self.app(environ, start_response)
 
-    def _health(
-        self, environ: WSGIEnvironment, start_response: StartResponse, registry: Registry
+    def _stats(
+        self, environ: WSGIEnvironment, start_response: StartResponse, registry: Registry,
+        health: bool,
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
@@ -87,10 +97,18 @@ class PoolClientMiddleware:
                                         "networks or with the POOLCLIENT_STATS_TOKEN bearer"})
             start_response("403 Forbidden", _json_headers(body, ("Cache-Control", "no-store")))
             return [] if method == "HEAD" else [body]
-        document = health_document(registry.stats(), registry.settings.redacted())
-        document["maxsize"] = registry.maxsize
-        body = json_bytes(document)
-        start_response("200 OK", _json_headers(body, ("Cache-Control", "no-store")))
+        if health:
+            document = health_document(registry.stats(), registry.settings.redacted())
+            document["maxsize"] = registry.maxsize
+            body, ctype, status = json_bytes(document), "application/json", "200 OK"
+        elif metrics.available():
+            body, ctype = metrics.render()
+            status = "200 OK"
+        else:
+            body, ctype = (metrics.INSTALL_HINT + "\n").encode(), "text/plain; charset=utf-8"
+            status = "501 Not Implemented"
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))),
+                                ("Cache-Control", "no-store")])
         return [] if method == "HEAD" else [body]
 
 

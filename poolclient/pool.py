@@ -19,15 +19,22 @@ import logging
 import queue
 import ssl
 import time
+from ssl import CertificateError
 from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import EmptyPoolError, MaxRetryError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    EmptyPoolError,
+    MaxRetryError,
+    ProtocolError,
+    SSLError,
+)
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util import Timeout
 
-from . import retry
+from . import metrics, retry
 from .errors import PoolClientError
 from .stats import PoolSnapshot, PoolStats
 
@@ -145,7 +152,9 @@ class CountedPool(_PoolBase):
     deadline: float | None = None  # seconds per call, for calls that did not start one
 
     def __init__(self, host: str, port: int | None = None, **kw: Any) -> None:
-        self.stats = PoolStats(kw.get("maxsize", 1))
+        scheme = str(self.scheme)
+        sink = metrics.pool_sink(scheme, host, port or (443 if scheme == "https" else 80))
+        self.stats = PoolStats(kw.get("maxsize", 1), sink)
         super().__init__(host, port, **kw)
 
     def __repr__(self) -> str:
@@ -154,6 +163,10 @@ class CountedPool(_PoolBase):
             f"<{type(self).__name__} {_origin(self)} [in use {s.in_use}/{s.maxsize} | "
             f"idle {s.idle} | opened {s.connections_opened} | requests {s.requests}]>"
         )
+
+    def close(self) -> None:
+        super().close()
+        self.stats.gone()
 
     def _new_pool_queue(self, maxsize: int) -> queue.LifoQueue[Any]:
         return _CountedQueue(maxsize, self.stats)
@@ -173,10 +186,10 @@ class CountedPool(_PoolBase):
         try:
             conn = super()._get_conn(timeout)
         except EmptyPoolError:
-            self.stats.failed()
+            self.stats.failed("pool_timeout")
             waited = round(time.monotonic() - started, 3)
             raise PoolTimeoutError(self, _origin(self), self.stats.maxsize, waited) from None
-        self.stats.checked_out()
+        self.stats.checked_out(time.monotonic() - started, self._idle)
         if conn is not None and not conn.is_closed:
             now = time.monotonic()
             if self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime:
@@ -195,8 +208,14 @@ class CountedPool(_PoolBase):
                 conn.close()
                 self.stats.retired_one()
             conn.idle_since = now
-        self.stats.checked_in()
-        super()._put_conn(conn)
+        try:
+            super()._put_conn(conn)
+        finally:
+            self.stats.checked_in(self._idle)
+
+    def _idle(self) -> int:
+        q = self.pool  # None once closed
+        return q.idle() if isinstance(q, _CountedQueue) else 0
 
     def _make_request(self, conn: Any, method: str, url: str, *args: Any,
                       **kwargs: Any) -> BaseHTTPResponse:
@@ -208,7 +227,7 @@ class CountedPool(_PoolBase):
         except _NO_RESPONSE as exc:
             if not (reused and not args and _replayable(method, kwargs.get("body"))
                     and _retries_allowed(kwargs.get("retries"))):
-                self.stats.failed()
+                self.stats.failed(error_kind(exc))
                 raise
             # The upstream closed the connection without a byte of answer: most often it
             # timed the connection out while idle, but it may have seen the request, so
@@ -217,13 +236,13 @@ class CountedPool(_PoolBase):
                       "again on a new connection", _origin(self), type(exc).__name__, method)
             self.stats.retried_one()
             conn.close()
-        except BaseException:
-            self.stats.failed()
+        except BaseException as exc:
+            self.stats.failed(error_kind(exc))
             raise
         try:
             return self._attempt(conn, method, url, False, **kwargs)
-        except BaseException:
-            self.stats.failed()
+        except BaseException as exc:
+            self.stats.failed(error_kind(exc))
             raise
 
     def _attempt(self, conn: Any, method: str, url: str, reused: bool, *args: Any,
@@ -237,7 +256,11 @@ class CountedPool(_PoolBase):
             kwargs["timeout"] = _cut(self._get_timeout(kwargs.get("timeout", self.timeout)),
                                      left)
         self.stats.sent(reused=reused)
-        return super()._make_request(conn, method, url, *args, **kwargs)
+        started = time.monotonic()
+        try:
+            return super()._make_request(conn, method, url, *args, **kwargs)
+        finally:
+            self.stats.took(time.monotonic() - started)
 
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
         # Every attempt, retries and redirects included, comes through here: start the
@@ -270,9 +293,8 @@ class CountedPool(_PoolBase):
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
-        q = self.pool  # None once closed
-        idle = q.idle() if isinstance(q, _CountedQueue) else 0
-        return self.stats.snapshot(str(self.scheme), self.host, int(self.port or 0), idle)
+        return self.stats.snapshot(str(self.scheme), self.host, int(self.port or 0),
+                                   self._idle())
 
 
 class CountedHTTPConnectionPool(CountedPool, HTTPConnectionPool):
@@ -285,6 +307,21 @@ class CountedHTTPSConnectionPool(CountedPool, HTTPSConnectionPool):
     """An ``HTTPSConnectionPool`` whose connections, waits and requests are counted."""
 
     ConnectionCls = _CountedHTTPSConnection
+
+
+def error_kind(exc: BaseException) -> str:
+    """The ``kind`` label of a failed attempt."""
+    if isinstance(exc, retry.DeadlineExceededError):
+        return "deadline"
+    if isinstance(exc, (ConnectTimeoutError, ConnectionRefusedError)):  # NewConnectionError too
+        return "timeout" if type(exc) is ConnectTimeoutError else "connect"
+    if isinstance(exc, (SSLError, ssl.SSLError, CertificateError)):
+        return "tls"
+    if isinstance(exc, (Urllib3TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, (ProtocolError, http.client.HTTPException, OSError)):
+        return "protocol"
+    return "other"
 
 
 def _retries_allowed(retries: object) -> bool:

@@ -1,13 +1,17 @@
 """Counters for one pool, and the frozen snapshots that leave the process.
 
 The pool classes in :mod:`poolclient.pool` call one method here per event; nothing here
-knows about urllib3, sockets or locks other than its own.
+knows about urllib3, sockets or locks other than its own. Each event is also passed on to
+an optional :class:`EventSink` (the Prometheus metrics of :mod:`poolclient.metrics`), after
+the lock is released.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,21 @@ class RegistrySnapshot:
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
+class EventSink(Protocol):
+    """Where a pool's events go besides its own counters (one sink per pool)."""
+
+    def opened(self) -> None: ...
+    def sent(self, reused: bool) -> None: ...
+    def took(self, seconds: float) -> None: ...
+    def checked_out(self, waited: float, in_use: int, idle: int) -> None: ...
+    def checked_in(self, in_use: int, idle: int) -> None: ...
+    def failed(self, kind: str) -> None: ...
+    def closed(self, reason: str) -> None: ...
+    def retried(self) -> None: ...
+    def waited(self) -> None: ...
+    def gone(self) -> None: ...
+
+
 class PoolStats:
     """Thread-safe event counters of one pool.
 
@@ -55,8 +74,9 @@ class PoolStats:
     pool's queue when a snapshot is taken, so it can never drift.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, sink: EventSink | None = None) -> None:
         self.maxsize = maxsize
+        self.sink = sink
         self._lock = threading.Lock()
         self._opened = 0
         self._requests = 0
@@ -81,50 +101,85 @@ class PoolStats:
         """A TCP (and TLS) connection was established."""
         with self._lock:
             self._opened += 1
+        if self.sink is not None:
+            self.sink.opened()
 
     def sent(self, *, reused: bool) -> None:
         """A request went out, on a connection that had carried one before if ``reused``."""
         with self._lock:
             self._requests += 1
             self._reused += reused
+        if self.sink is not None:
+            self.sink.sent(reused)
 
-    def checked_out(self) -> None:
+    def took(self, seconds: float) -> None:
+        """A request attempt ended (answered or failed) after ``seconds``."""
+        if self.sink is not None:
+            self.sink.took(seconds)
+
+    def checked_out(self, waited: float = 0.0, idle: Callable[[], int] | None = None) -> None:
+        """A caller got a connection after waiting ``waited`` seconds; ``idle`` counts the
+        pool's idle connections now, read only when a sink wants it."""
         with self._lock:
             self._in_use += 1
+            in_use = self._in_use
+        if self.sink is not None:
+            self.sink.checked_out(waited, in_use, idle() if idle is not None else 0)
 
-    def checked_in(self) -> None:
+    def checked_in(self, idle: Callable[[], int] | None = None) -> None:
         with self._lock:
             self._in_use -= 1
+            in_use = self._in_use
+        if self.sink is not None:
+            self.sink.checked_in(in_use, idle() if idle is not None else 0)
 
     def waited(self) -> None:
         """A caller found every connection in use and had to wait."""
         with self._lock:
             self._waits += 1
+        if self.sink is not None:
+            self.sink.waited()
 
     def discarded_one(self) -> None:
         """A connection was closed because the pool had no room to keep it."""
         with self._lock:
             self._discarded += 1
+        if self.sink is not None:
+            self.sink.closed("discarded")
 
-    def failed(self) -> None:
-        """An attempt failed: connect, TLS, timeout, protocol, or no connection in time."""
+    def failed(self, kind: str = "other") -> None:
+        """An attempt failed: ``kind`` is connect, tls, timeout, protocol, pool_timeout,
+        deadline or other."""
         with self._lock:
             self._errors += 1
+        if self.sink is not None:
+            self.sink.failed(kind)
 
     def expired_one(self) -> None:
         """An idle connection was closed instead of reused: idle longer than allowed."""
         with self._lock:
             self._expired += 1
+        if self.sink is not None:
+            self.sink.closed("expired")
 
     def retired_one(self) -> None:
         """A connection was closed because it had lived longer than allowed."""
         with self._lock:
             self._retired += 1
+        if self.sink is not None:
+            self.sink.closed("retired")
 
     def retried_one(self) -> None:
         """A reused connection failed before any response; the request went on a new one."""
         with self._lock:
             self._retried += 1
+        if self.sink is not None:
+            self.sink.retried()
+
+    def gone(self) -> None:
+        """The pool was closed: it holds no connections any more."""
+        if self.sink is not None:
+            self.sink.gone()
 
     def snapshot(self, scheme: str, host: str, port: int, idle: int) -> PoolSnapshot:
         with self._lock:

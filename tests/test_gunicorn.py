@@ -129,7 +129,8 @@ def test_example_app_relays_through_the_pool(gunicorn, upstream: Upstream):
 
 @pytest.mark.parametrize("hook, arity", [("on_starting", 1), ("pre_fork", 2),
                                          ("post_fork", 2), ("post_worker_init", 1),
-                                         ("worker_exit", 2)])
+                                         ("worker_exit", 2), ("child_exit", 2),
+                                         ("on_exit", 1)])
 def test_hooks_have_the_signatures_gunicorn_validates(hook, arity):
     """Each hook passes gunicorn's own arity validator."""
     from gunicorn.config import validate_callable

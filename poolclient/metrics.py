@@ -1,0 +1,174 @@
+"""Prometheus metrics of the pools, summed over every gunicorn worker.
+
+Use it by installing ``poolclient[prometheus]``: every pool then reports its events to the
+families below, labelled ``scheme``, ``host`` and ``port``, and ``GET /metrics`` (see
+:mod:`poolclient.middleware`) answers the Prometheus text format. Without prometheus-client
+nothing here imports it and pools report only to their own counters.
+
+Under gunicorn each worker is a process of its own, so the values live in prometheus-client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``; the hooks in :mod:`poolclient.gunicorn`
+create it, wipe it at start and mark dead workers) and whichever worker answers a scrape sums
+every worker's files. Counters and histograms keep the values of workers that have exited, so
+totals equal what the upstream saw; gauges count live workers only. Without the variable, the
+values stay in this process.
+
+prometheus-client chooses its storage when it is first imported, so this module imports it
+lazily: in a gunicorn worker that is after the fork, with the variable set by the master.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .stats import EventSink
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LABELS = ("scheme", "host", "port")
+INSTALL_HINT = "/metrics needs prometheus-client: pip install 'poolclient[prometheus]'"
+
+# Seconds: pool waits are usually nothing, sometimes up to the pool timeout; requests span
+# loopback (sub-millisecond) to slow upstreams.
+WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0, 30.0)
+
+_families: dict[str, Any] | None = None
+_local_registry: Any = None
+_lock = threading.Lock()
+
+
+def available() -> bool:
+    """Whether prometheus-client is installed (checked without importing it)."""
+    return importlib.util.find_spec("prometheus_client") is not None
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def _make_families() -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    global _local_registry
+    # In multiprocess mode the files are the registry: a scrape collects them afresh, and
+    # registering here would put our families on the caller's default registry too.
+    registry = None
+    if not multiprocess():
+        _local_registry = registry = CollectorRegistry(auto_describe=True)
+
+    def counter(name: str, doc: str, *extra: str) -> Any:
+        return Counter(name, doc, (*LABELS, *extra), registry=registry)
+
+    return {
+        "requests": counter("poolclient_requests", "Requests sent (attempts, retries included)."),
+        "reused": counter("poolclient_requests_reused",
+                          "Requests sent on a connection that had carried one before."),
+        "retried": counter("poolclient_requests_retried",
+                           "Requests sent again after a reused connection died unanswered."),
+        "opened": counter("poolclient_connections_opened",
+                          "TCP (and TLS) connections established."),
+        "closed": counter("poolclient_connections_closed",
+                          "Connections closed by the pool, by reason.", "reason"),
+        "errors": counter("poolclient_errors", "Failed attempts, by kind.", "kind"),
+        "waits": counter("poolclient_pool_waits",
+                         "Callers that found every connection in use and waited."),
+        "connections": Gauge("poolclient_connections", "Connections now, by state.",
+                             (*LABELS, "state"), registry=registry,
+                             multiprocess_mode="livesum"),
+        "wait": Histogram("poolclient_pool_wait_seconds", "Time to get a connection.",
+                          LABELS, registry=registry, buckets=WAIT_BUCKETS),
+        "duration": Histogram("poolclient_request_duration_seconds",
+                              "Time from sending a request to its response (body included "
+                              "when preloaded), per attempt.", LABELS, registry=registry,
+                              buckets=DURATION_BUCKETS),
+    }
+
+
+def _get_families() -> dict[str, Any]:
+    global _families
+    if _families is None:
+        with _lock:
+            if _families is None:
+                _families = _make_families()
+    return _families
+
+
+class PrometheusSink:
+    """One pool's :class:`~poolclient.stats.EventSink`: its labelled children, looked up
+    once, so an event costs one increment."""
+
+    def __init__(self, families: dict[str, Any], labels: tuple[str, str, str]) -> None:
+        self._requests = families["requests"].labels(*labels)
+        self._reused = families["reused"].labels(*labels)
+        self._retried = families["retried"].labels(*labels)
+        self._opened = families["opened"].labels(*labels)
+        self._closed = {reason: families["closed"].labels(*labels, reason)
+                        for reason in ("expired", "retired", "discarded")}
+        self._errors = families["errors"]
+        self._labels = labels
+        self._waits = families["waits"].labels(*labels)
+        self._idle = families["connections"].labels(*labels, "idle")
+        self._in_use = families["connections"].labels(*labels, "in_use")
+        self._wait = families["wait"].labels(*labels)
+        self._duration = families["duration"].labels(*labels)
+
+    def opened(self) -> None:
+        self._opened.inc()
+
+    def sent(self, reused: bool) -> None:
+        self._requests.inc()
+        if reused:
+            self._reused.inc()
+
+    def took(self, seconds: float) -> None:
+        self._duration.observe(seconds)
+
+    def checked_out(self, waited: float, in_use: int, idle: int) -> None:
+        self._wait.observe(waited)
+        self._in_use.set(in_use)
+        self._idle.set(idle)
+
+    def checked_in(self, in_use: int, idle: int) -> None:
+        self._in_use.set(in_use)
+        self._idle.set(idle)
+
+    def failed(self, kind: str) -> None:
+        self._errors.labels(*self._labels, kind).inc()
+
+    def closed(self, reason: str) -> None:
+        self._closed[reason].inc()
+
+    def retried(self) -> None:
+        self._retried.inc()
+
+    def waited(self) -> None:
+        self._waits.inc()
+
+    def gone(self) -> None:
+        self._in_use.set(0)
+        self._idle.set(0)
+
+
+def pool_sink(scheme: str, host: str, port: int) -> EventSink | None:
+    """The sink for a new pool, or ``None`` without prometheus-client."""
+    if not available():
+        return None
+    return PrometheusSink(_get_families(), (scheme, host, str(port)))
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every process's pools, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    if multiprocess():
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()  # per scrape, as prometheus-client's docs advise
+        mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    _get_families()
+    return generate_latest(_local_registry), CONTENT_TYPE_LATEST
