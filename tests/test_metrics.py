@@ -1,0 +1,175 @@
+"""/metrics: names, labels and values against golden text in process, and summed over every
+gunicorn worker against the upstream's own count, across worker restarts."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+
+import urllib3
+import webtest
+from prometheus_client.parser import text_string_to_metric_families
+
+from poolclient import PoolClientMiddleware, Registry, Settings, metrics
+from tests.helpers import Upstream, load, wait_for
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics on a fresh connection: {(sample name, sorted labels): value}."""
+    with urllib3.PoolManager(retries=False) as http:
+        r = http.request("GET", url + "/metrics", headers={"Connection": "close"})
+    assert r.status == 200, r.data
+    assert r.headers["Content-Type"].startswith("text/plain; version=")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.data.decode())
+            for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of ``name`` over every series whose labels include ``labels``."""
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all((k, v2) in ls for k, v2 in labels.items()))
+
+
+# --- golden text, in process -----------------------------------------------------------
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "metrics.txt")
+
+
+def test_golden_text_in_process():
+    """A known sequence of pool events renders exactly the lines of tests/golden/metrics.txt
+    (checked by hand: 3 requests, 1 reused, 1 retried, 2 connections, 1 expired, waits of 0
+    and 0.75 s, one 20 ms request, one timeout, 1 idle and 0 in use at the end)."""
+    sink = metrics.pool_sink("https", "golden.example", 443)
+    assert sink is not None
+    sink.opened()
+    sink.sent(False)
+    sink.sent(True)
+    sink.checked_out(0.0, 1, 0)
+    sink.took(0.02)
+    sink.checked_in(0, 1)
+    sink.waited()
+    sink.checked_out(0.75, 1, 0)
+    sink.failed("timeout")
+    sink.closed("expired")
+    sink.retried()
+    sink.opened()
+    sink.sent(False)
+    sink.checked_in(0, 1)
+    body, ctype = metrics.render()
+    assert ctype.startswith("text/plain; version=")
+    lines = sorted(line for line in body.decode().splitlines()
+                   if 'host="golden.example"' in line and "_created" not in line)
+    with open(GOLDEN) as f:
+        assert lines == f.read().splitlines()
+
+
+def test_every_family_has_help_and_type():
+    """Each family is declared with HELP and TYPE, counters as counters."""
+    text = metrics.render()[0].decode()
+    for name, kind in [("poolclient_requests", "counter"),
+                       ("poolclient_connections_opened", "counter"),
+                       ("poolclient_connections", "gauge"),
+                       ("poolclient_errors", "counter"),
+                       ("poolclient_pool_wait_seconds", "histogram"),
+                       ("poolclient_request_duration_seconds", "histogram")]:
+        assert f"# TYPE {name} {kind}" in text
+        assert f"# HELP {name} " in text
+
+
+def test_metrics_endpoint_through_the_middleware(registry: Registry, upstream: Upstream):
+    """Real calls through a registry show up in /metrics under their origin's labels; the
+    endpoint is limited like /health and HEAD has no body."""
+    for _ in range(3):
+        registry.request("GET", upstream.url + "/x")
+    app = webtest.TestApp(PoolClientMiddleware(lambda e, s: [], registry=registry))
+    res = app.get("/metrics", extra_environ={"REMOTE_ADDR": "127.0.0.1"})
+    port = str(upstream.port)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(res.text) for s in f.samples}
+    assert total(samples, "poolclient_requests_total", port=port) == 3
+    assert total(samples, "poolclient_connections_opened_total", port=port) == 1
+    assert total(samples, "poolclient_connections", port=port, state="idle") == 1
+    assert app.head("/metrics").body == b""
+    assert app.get("/metrics", extra_environ={"REMOTE_ADDR": "8.8.8.8"},
+                   expect_errors=True).status_int == 403
+
+
+def test_without_prometheus_client_metrics_says_what_to_install(monkeypatch):
+    """Without prometheus-client, /metrics answers 501 with one line naming the extra."""
+    monkeypatch.setattr(metrics, "available", lambda: False)
+    app = webtest.TestApp(PoolClientMiddleware(lambda e, s: [], registry=Registry(Settings())))
+    res = app.get("/metrics", expect_errors=True)
+    assert res.status_int == 501
+    assert res.text.strip() == "/metrics needs prometheus-client: pip install " \
+                               "'poolclient[prometheus]'"
+
+
+# --- every gunicorn worker -------------------------------------------------------------
+
+
+def test_six_scrapes_agree_with_the_upstream(gunicorn, upstream: Upstream):
+    """Three gthread workers after a load run: six scrapes on fresh connections, whichever
+    worker answers, all report the requests and connections the upstream logged."""
+    server = gunicorn(["-w", "3", "--threads", "4"],
+                      {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca})
+    outcomes = load(server.url, clients=12, seconds=3, paths=("/upstream/items",))
+    assert set(outcomes) == {200}, outcomes
+    seen = upstream.stats()
+    port = str(upstream.port)
+    for _ in range(6):
+        samples = scrape(server.url)
+        assert total(samples, "poolclient_requests_total", port=port) == seen["requests"]
+        assert total(samples, "poolclient_connections_opened_total", port=port) == len(
+            seen["connections"])
+        assert total(samples, "poolclient_connections", port=port, state="in_use") == 0
+        assert total(samples, "poolclient_request_duration_seconds_count",
+                     port=port) == seen["requests"]
+        assert total(samples, "poolclient_errors_total") == 0
+
+
+def test_multiprocess_directory_lifecycle_over_worker_restarts(gunicorn, upstream, tmp_path):
+    """The directory named by PROMETHEUS_MULTIPROC_DIR is wiped at start; workers recycled
+    by --max-requests keep their counters in the totals but drop their gauges; the
+    directory (the user's own) stays after shutdown."""
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    (directory / "counter_1.db").write_bytes(b"left over from an earlier run")
+    server = gunicorn(["-w", "2", "--threads", "2", "--max-requests", "100"],
+                      {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
+                       "PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    assert not (directory / "counter_1.db").exists()
+    first = server.worker_pids()
+    outcomes = load(server.url, clients=4, seconds=4, paths=("/upstream/items",),
+                    headers={"Connection": "close"})
+    assert set(outcomes) == {200}, outcomes
+    wait_for(lambda: not (first & server.worker_pids()), 10, "the first workers to be gone")
+    seen = upstream.stats()
+    port = str(upstream.port)
+    samples = scrape(server.url)
+    assert total(samples, "poolclient_requests_total", port=port) == seen["requests"]
+    assert total(samples, "poolclient_connections_opened_total", port=port) == len(
+        seen["connections"])
+    live = server.worker_pids()
+    gauge_pids = {int(path.rsplit("_", 1)[1][:-3])
+                  for path in glob.glob(str(directory / "gauge_livesum_*.db"))}
+    assert gauge_pids <= live, "a dead worker's gauges are still counted"
+    assert total(samples, "poolclient_connections", port=port) <= 2 * 2
+    server.stop()
+    assert directory.is_dir()
+
+
+def test_directory_made_by_poolclient_is_removed_on_exit(gunicorn, upstream: Upstream):
+    """Without PROMETHEUS_MULTIPROC_DIR, gunicorn.conf.py makes one, and on_exit removes it."""
+    server = gunicorn(["-w", "1"], {"UPSTREAM_URL": upstream.url,
+                                    "POOLCLIENT_CA_BUNDLE": upstream.ca})
+    match = re.search(r"poolclient: metrics of every worker in (\S+)", server.log())
+    assert match, server.log()
+    path = match.group(1)
+    assert os.path.isdir(path)
+    with urllib3.PoolManager(retries=False) as http:
+        assert http.request("GET", server.url + "/upstream/x").status == 200
+    assert total(scrape(server.url), "poolclient_requests_total") == 1
+    server.stop()
+    assert not os.path.exists(path)
