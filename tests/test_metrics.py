@@ -68,10 +68,10 @@ def test_golden_text_in_process():
 def test_every_family_has_help_and_type():
     """Each family is declared with HELP and TYPE, counters as counters."""
     text = metrics.render()[0].decode()
-    for name, kind in [("poolclient_requests", "counter"),
-                       ("poolclient_connections_opened", "counter"),
+    for name, kind in [("poolclient_requests_total", "counter"),
+                       ("poolclient_connections_opened_total", "counter"),
                        ("poolclient_connections", "gauge"),
-                       ("poolclient_errors", "counter"),
+                       ("poolclient_errors_total", "counter"),
                        ("poolclient_pool_wait_seconds", "histogram"),
                        ("poolclient_request_duration_seconds", "histogram")]:
         assert f"# TYPE {name} {kind}" in text
