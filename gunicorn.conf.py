@@ -28,6 +28,8 @@ def _int(name: str, default: int) -> int:
     return int(value)
 
 
+# The example service shows its upstream time per request (header and access log).
+os.environ.setdefault("POOLCLIENT_SERVER_TIMING", "true")
 check_settings()  # a bad POOLCLIENT_* value stops here, in one line
 prepare_metrics_dir()  # before a --preload'ed app can import prometheus-client
 
@@ -38,6 +40,8 @@ threads = _int("GUNICORN_THREADS", 4)
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
 timeout = _int("GUNICORN_TIMEOUT", 30)
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+access_log_format = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+                     '%(M)sms upstream="%({server-timing}o)s"')
 # gunicorn 25+ opens a control socket at one fixed path per user; several servers on one
 # machine (tests, benchmarks) would fight over it.
 control_socket_disable = os.environ.get("GUNICORN_CONTROL_SOCKET", "") == ""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .redact import redact
 
 Validator = Callable[[object], Any]
 
@@ -92,6 +93,17 @@ def non_negative_seconds(value: object) -> float:
 UNIX = "unix"  # callers on a unix socket, which have no address
 
 
+def urls(value: object) -> str:
+    """Comma-separated http:// or https:// URLs; empty for none."""
+    if not isinstance(value, str):
+        raise ValueError("expected comma-separated http:// or https:// URLs")
+    items = [part.strip() for part in value.split(",") if part.strip()]
+    for item in items:
+        if not item.startswith(("http://", "https://")) or len(item) < 10:
+            raise ValueError("expected comma-separated http:// or https:// URLs")
+    return ",".join(items)
+
+
 def networks(value: object) -> str:
     """Comma-separated IP networks (CIDR) and ``unix``, normalised; empty allows none."""
     if not isinstance(value, str):
@@ -152,8 +164,9 @@ def ca_bundle(value: object) -> str | None:
 
 
 def _setting(env: str, default: object, validator: Validator, doc: str,
-             secret: bool = False) -> Any:
-    metadata = {"env": env, "validator": validator, "doc": doc, "secret": secret}
+             secret: bool = False, shown: Callable[[str], str] | None = None) -> Any:
+    metadata = {"env": env, "validator": validator, "doc": doc, "secret": secret,
+                "shown": shown}
     return field(default=default, repr=not secret, metadata=metadata)
 
 
@@ -277,6 +290,36 @@ class Settings:
         secret=True,
     )
 
+    ready_urls: str = _setting(
+        "POOLCLIENT_READY_URLS",
+        "",
+        urls,
+        "Upstream URLs /readyz checks with a GET (through the pools); ready while each "
+        "answers below 500 within POOLCLIENT_READY_TIMEOUT. Empty: ready whenever the "
+        "process answers. Shown with passwords and query values masked.",
+        shown=redact,
+    )
+    ready_cache: float = _setting(
+        "POOLCLIENT_READY_CACHE",
+        5.0,
+        positive_seconds,
+        "Seconds a /readyz result is reused, so frequent probes do not load the upstream.",
+    )
+    ready_timeout: float = _setting(
+        "POOLCLIENT_READY_TIMEOUT",
+        2.0,
+        positive_seconds,
+        "Seconds each /readyz check may take (its deadline).",
+    )
+    server_timing: bool = _setting(
+        "POOLCLIENT_SERVER_TIMING",
+        False,
+        boolean,
+        "true: every response gets a Server-Timing header with the upstream calls the "
+        "request made and their time (gunicorn's access log can show it with "
+        "%({server-timing}o)s). The example gunicorn.conf.py turns it on.",
+    )
+
     def __post_init__(self) -> None:
         for spec in dataclasses.fields(self):
             raw = getattr(self, spec.name)
@@ -306,6 +349,8 @@ class Settings:
             value = getattr(self, spec.name)
             if spec.metadata["secret"] and value is not None:
                 value = "***"
+            elif spec.metadata["shown"] is not None:
+                value = spec.metadata["shown"](value)
             shown[spec.metadata["env"]] = value
         return shown
 
@@ -320,6 +365,6 @@ def settings_table() -> str:
     """The settings as a Markdown table, generated from the same doc strings."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for spec in dataclasses.fields(Settings):
-        default = "unset" if spec.default is None else f"`{spec.default}`"
+        default = "unset" if spec.default in (None, "") else f"`{spec.default}`"
         rows.append(f"| `{spec.metadata['env']}` | {default} | {spec.metadata['doc']} |")
     return "\n".join(rows)

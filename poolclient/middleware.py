@@ -21,12 +21,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import metrics
+from . import metrics, timing
 from .config import UNIX, Settings
 from .registry import Registry, get_registry
-from .render import health_document, json_bytes
+from .render import HEALTH_JSON, health_document, json_bytes, readiness_document
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -45,6 +45,11 @@ class PoolClientMiddleware:
         off.
     :param metrics_path: the path answered with Prometheus metrics of every worker (needs
         ``poolclient[prometheus]``; without it, 501 saying so); ``None`` turns it off.
+    :param livez_path: liveness: always 200, no I/O. ``None`` turns it off.
+    :param readyz_path: readiness: the ``POOLCLIENT_READY_URLS`` checks, cached; 503 when
+        one fails. ``None`` turns it off.
+    :param server_timing: add a ``Server-Timing`` header with this request's upstream
+        calls; ``None`` follows ``POOLCLIENT_SERVER_TIMING``.
 
     .. code-block:: python
 
@@ -63,12 +68,18 @@ class PoolClientMiddleware:
         environ_key: str = "http.pool",
         health_path: str | None = "/health",
         metrics_path: str | None = "/metrics",
+        livez_path: str | None = "/livez",
+        readyz_path: str | None = "/readyz",
+        server_timing: bool | None = None,
     ) -> None:
         self.app = app
         self.registry = registry
         self.environ_key = environ_key
         self.health_path = health_path
         self.metrics_path = metrics_path
+        self.livez_path = livez_path
+        self.readyz_path = readyz_path
+        self.server_timing = server_timing
 
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
@@ -79,31 +90,52 @@ class PoolClientMiddleware:
         environ[REGISTRY_KEY] = registry
         environ[self.environ_key] = registry
         path = environ.get("PATH_INFO")
-        if path is not None and path in (self.health_path, self.metrics_path):
-            return self._stats(environ, start_response, registry, path == self.health_path)
-        return self.app(environ, start_response)
+        if path is not None and path in (self.health_path, self.metrics_path,
+                                         self.livez_path, self.readyz_path):
+            return self._endpoint(environ, start_response, registry, path)
+        timed = self.server_timing
+        if timed is None:
+            timed = registry.settings.server_timing
+        if not timed:
+            return self.app(environ, start_response)
+        with timing.collect() as calls:
 
-    def _stats(
+            def timed_start(status: str, headers: list[tuple[str, str]],
+                            exc_info: Any = None) -> Any:
+                headers = [*headers, ("Server-Timing", timing.server_timing(calls))]
+                return start_response(status, headers, exc_info)
+
+            return self.app(environ, timed_start)
+
+    def _endpoint(
         self, environ: WSGIEnvironment, start_response: StartResponse, registry: Registry,
-        health: bool,
+        path: str,
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
             body = json_bytes({"error": f"method {method} not allowed", "allow": ["GET", "HEAD"]})
             start_response("405 Method Not Allowed", _json_headers(body, ("Allow", "GET, HEAD")))
             return [body]
-        if not stats_allowed(environ, registry.settings):
+        allowed = stats_allowed(environ, registry.settings)
+        status = "200 OK"
+        if path == self.livez_path:  # no I/O, nothing to hide
+            body, ctype = json_bytes({"status": "pass"}), HEALTH_JSON
+        elif path == self.readyz_path:
+            checks = registry.ready()
+            document = readiness_document(checks, details=allowed)
+            if document["status"] == "fail":
+                status = "503 Service Unavailable"
+            body, ctype = json_bytes(document), HEALTH_JSON
+        elif not allowed:
             body = json_bytes({"error": "forbidden: allowed from POOLCLIENT_STATS_ALLOW "
                                         "networks or with the POOLCLIENT_STATS_TOKEN bearer"})
-            start_response("403 Forbidden", _json_headers(body, ("Cache-Control", "no-store")))
-            return [] if method == "HEAD" else [body]
-        if health:
+            status, ctype = "403 Forbidden", "application/json"
+        elif path == self.health_path:
             document = health_document(registry.stats(), registry.settings.redacted())
             document["maxsize"] = registry.maxsize
-            body, ctype, status = json_bytes(document), "application/json", "200 OK"
+            body, ctype = json_bytes(document), HEALTH_JSON
         elif metrics.available():
             body, ctype = metrics.render()
-            status = "200 OK"
         else:
             body, ctype = (metrics.INSTALL_HINT + "\n").encode(), "text/plain; charset=utf-8"
             status = "501 Not Implemented"

@@ -21,6 +21,7 @@ from . import _fork, redact, retry
 from .config import Settings
 from .errors import ForkSafetyError
 from .pool import CountedHTTPConnectionPool, CountedHTTPSConnectionPool, CountedPool
+from .probes import Check, Readiness
 from .stats import PoolSnapshot, RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class _ProcessPools(PoolManager):
         self.pid = os.getpid()
         self.ca_bundle = settings.ca_bundle
         self.settings = settings
+        self.readiness = Readiness()
         redact.install()
         self.pool_classes_by_scheme = {
             "http": CountedHTTPConnectionPool,
@@ -216,6 +218,10 @@ class Registry:
         from .adapters import pooled_session
 
         return pooled_session(self)
+
+    def ready(self) -> tuple[Check, ...]:
+        """The ``POOLCLIENT_READY_URLS`` checks, cached for ``POOLCLIENT_READY_CACHE``."""
+        return self._pools().readiness.checks(self)
 
     def stats(self) -> RegistrySnapshot:
         """Counters of every pool this process has, now."""

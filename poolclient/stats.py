@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from . import timing
+
 
 @dataclass(frozen=True)
 class PoolSnapshot:
@@ -114,6 +116,7 @@ class PoolStats:
 
     def took(self, seconds: float) -> None:
         """A request attempt ended (answered or failed) after ``seconds``."""
+        timing.record(seconds)
         if self.sink is not None:
             self.sink.took(seconds)
 

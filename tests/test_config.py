@@ -107,6 +107,11 @@ GOOD_ENV = [
     pytest.param("POOLCLIENT_STATS_TOKEN", "s3cret-token-0123456789", "s3cret-token-0123456789",
                  id="stats_token"),
     pytest.param("POOLCLIENT_STATS_TOKEN", "", None, id="stats_token-empty-is-unset"),
+    pytest.param("POOLCLIENT_READY_URLS", " https://a.internal/ready , http://b:8080/h",
+                 "https://a.internal/ready,http://b:8080/h", id="ready_urls"),
+    pytest.param("POOLCLIENT_READY_CACHE", "1.5", 1.5, id="ready_cache"),
+    pytest.param("POOLCLIENT_READY_TIMEOUT", "0.5", 0.5, id="ready_timeout"),
+    pytest.param("POOLCLIENT_SERVER_TIMING", "true", True, id="server_timing"),
 ]
 
 
@@ -174,6 +179,8 @@ def test_redacted_hides_the_token_and_parses_networks() -> None:
     assert [str(n) for n in settings.stats_networks] == ["10.0.0.1/32", "::1/128"]
     assert Settings().redacted()["POOLCLIENT_STATS_TOKEN"] is None
     assert "s3cret" not in repr(settings)
+    shown = Settings(ready_urls="https://u:pw@a.internal/ready?key=k1").redacted()
+    assert shown["POOLCLIENT_READY_URLS"] == "https://***@a.internal/ready?key=***"
 
 
 def test_redacted_names_every_variable() -> None:
@@ -217,6 +224,11 @@ BAD_ENV = [
                  id="stats_allow-name"),
     pytest.param("POOLCLIENT_STATS_ALLOW", "10.0.0.0/33", "not an IP network",
                  id="stats_allow-bad-prefix"),
+    pytest.param("POOLCLIENT_READY_URLS", "a.internal/ready", "http:// or https://",
+                 id="ready_urls-no-scheme"),
+    pytest.param("POOLCLIENT_READY_CACHE", "0", "greater than 0", id="ready_cache-0"),
+    pytest.param("POOLCLIENT_READY_TIMEOUT", "-1", "greater than 0", id="ready_timeout-neg"),
+    pytest.param("POOLCLIENT_SERVER_TIMING", "sometimes", "true/false", id="server_timing-bad"),
 ]
 
 

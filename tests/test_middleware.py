@@ -79,7 +79,7 @@ def test_health_without_pools(own_registry: Registry) -> None:
     res = webtest.TestApp(PoolClientMiddleware(app, registry=own_registry)).get("/health")
     assert app.environs == []
     assert res.status_int == 200
-    assert res.content_type == "application/json"
+    assert res.content_type == "application/health+json"
     assert res.headers["Cache-Control"] == "no-store"
     doc = res.json
     assert doc["status"] == "pass"
@@ -125,7 +125,7 @@ def test_head_health_has_empty_body(own_registry: Registry) -> None:
     res = webtest.TestApp(PoolClientMiddleware(Recorder(), registry=own_registry)).head("/health")
     assert res.status_int == 200
     assert res.body == b""
-    assert res.content_type == "application/json"
+    assert res.content_type == "application/health+json"
 
 
 def test_post_health_is_405_with_allow(own_registry: Registry) -> None:
@@ -295,6 +295,14 @@ GOLDEN = {
     "totals": {"connections_opened": 4, "requests": 14, "reused": 10, "in_use": 1, "idle": 3,
                "waits": 1, "discarded": 5, "errors": 2, "expired": 3, "retired": 3,
                "retried": 1},
+    "checks": {
+        "api.internal:8443:connections": [{
+            "componentId": "https://api.internal:8443", "componentType": "component",
+            "observedValue": 1, "observedUnit": "in use of 4", "status": "pass"}],
+        "10.0.0.5:80:connections": [{
+            "componentId": "http://10.0.0.5:80", "componentType": "component",
+            "observedValue": 0, "observedUnit": "in use of 2", "status": "pass"}],
+    },
 }
 
 
@@ -315,7 +323,7 @@ def test_health_document_with_settings_copies_them() -> None:
 def test_health_document_without_pools() -> None:
     """An empty snapshot renders no pools and all-zero totals."""
     doc = health_document(RegistrySnapshot(pid=1, pools=()))
-    assert doc == {"status": "pass", "pid": 1, "pools": [], "totals": {
+    assert doc == {"status": "pass", "pid": 1, "pools": [], "checks": {}, "totals": {
         k: 0 for k in GOLDEN["totals"]}}
 
 
