@@ -41,7 +41,9 @@ from .stats import PoolSnapshot, PoolStats
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
 
-log = logging.getLogger("poolclient.pool")
+# One structured DEBUG line per connection event: opened (with its handshake time), reused,
+# expired, retired, discarded, dropped (closed by the upstream while idle), retried.
+events = logging.getLogger("poolclient.connections")
 
 # A timeout that fires with less than this left of the deadline was the deadline's cut.
 _DEADLINE_SLACK = 0.05
@@ -92,12 +94,20 @@ class _CountsConnects(_ConnectionBase):
     stats: PoolStats | None = None
     connected_at = 0.0  # monotonic time of the last connect
     idle_since = 0.0  # monotonic time it was last returned to the pool
+    open_at_checkout = False  # set by the queue: had a socket when taken
+    requests_sent = 0  # on this socket
 
     def connect(self) -> None:
+        started = time.monotonic()
+        again = self.connected_at > 0
         super().connect()
         self.connected_at = time.monotonic()
+        self.requests_sent = 0
         if self.stats is not None:
             self.stats.opened()
+        if events.isEnabledFor(logging.DEBUG):
+            _event("opened", self, handshake_ms=round((self.connected_at - started) * 1000, 2),
+                   reconnect=again)
 
 
 class _CountedHTTPConnection(_CountsConnects, HTTPConnection):
@@ -121,12 +131,16 @@ class _CountedQueue(queue.LifoQueue[Any]):
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         try:
-            return super().get(block=False)
+            conn = super().get(block=False)
         except queue.Empty:
             if not block:
                 raise
-        self.stats.waited()
-        return super().get(block=True, timeout=timeout)
+            self.stats.waited()
+            conn = super().get(block=True, timeout=timeout)
+        if conn is not None:
+            # Lets the pool tell urllib3's "dropped by the peer" close from its own.
+            conn.open_at_checkout = not conn.is_closed
+        return conn
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         try:
@@ -134,6 +148,8 @@ class _CountedQueue(queue.LifoQueue[Any]):
         except queue.Full:
             if item is not None:
                 self.stats.discarded_one()
+                if events.isEnabledFor(logging.DEBUG):
+                    _event("discarded", item, reason="pool full")
             raise
 
     def idle(self) -> int:
@@ -190,14 +206,22 @@ class CountedPool(_PoolBase):
             waited = round(time.monotonic() - started, 3)
             raise PoolTimeoutError(self, _origin(self), self.stats.maxsize, waited) from None
         self.stats.checked_out(time.monotonic() - started, self._idle)
-        if conn is not None and not conn.is_closed:
-            now = time.monotonic()
-            if self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime:
-                conn.close()
-                self.stats.retired_one()
-            elif self.idle_timeout is not None and now - conn.idle_since >= self.idle_timeout:
-                conn.close()
-                self.stats.expired_one()
+        if conn is None:
+            return conn
+        now = time.monotonic()
+        if conn.is_closed:
+            if conn.open_at_checkout and events.isEnabledFor(logging.DEBUG):
+                _event("dropped", conn, idle_s=round(now - conn.idle_since, 3))
+        elif self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime:
+            conn.close()
+            self.stats.retired_one()
+            if events.isEnabledFor(logging.DEBUG):
+                _event("retired", conn, age_s=round(now - conn.connected_at, 3))
+        elif self.idle_timeout is not None and now - conn.idle_since >= self.idle_timeout:
+            conn.close()
+            self.stats.expired_one()
+            if events.isEnabledFor(logging.DEBUG):
+                _event("expired", conn, idle_s=round(now - conn.idle_since, 3))
         return conn
 
     def _put_conn(self, conn: Any) -> None:
@@ -207,6 +231,8 @@ class CountedPool(_PoolBase):
                     and now - conn.connected_at >= self.max_lifetime):
                 conn.close()
                 self.stats.retired_one()
+                if events.isEnabledFor(logging.DEBUG):
+                    _event("retired", conn, age_s=round(now - conn.connected_at, 3))
             conn.idle_since = now
         try:
             super()._put_conn(conn)
@@ -232,8 +258,8 @@ class CountedPool(_PoolBase):
             # The upstream closed the connection without a byte of answer: most often it
             # timed the connection out while idle, but it may have seen the request, so
             # only a method that may be repeated is sent again (retry module, rule 2).
-            log.debug("reused connection to %s failed before a response (%s); sending %s "
-                      "again on a new connection", _origin(self), type(exc).__name__, method)
+            if events.isEnabledFor(logging.DEBUG):
+                _event("retried", conn, error=type(exc).__name__, method=method)
             self.stats.retried_one()
             conn.close()
         except BaseException as exc:
@@ -256,6 +282,10 @@ class CountedPool(_PoolBase):
             kwargs["timeout"] = _cut(self._get_timeout(kwargs.get("timeout", self.timeout)),
                                      left)
         self.stats.sent(reused=reused)
+        if reused and events.isEnabledFor(logging.DEBUG):
+            _event("reused", conn, requests=conn.requests_sent + 1,
+                   idle_s=round(time.monotonic() - conn.idle_since, 3))
+        conn.requests_sent += 1
         started = time.monotonic()
         try:
             return super()._make_request(conn, method, url, *args, **kwargs)
@@ -340,6 +370,14 @@ def _cut(timeout: Timeout, left: float) -> Timeout:
     total = timeout.total if isinstance(timeout.total, (int, float)) else None
     return Timeout(connect=timeout._connect, read=timeout._read,
                    total=left if total is None else min(total, left))
+
+
+def _event(name: str, conn: Any, **fields: object) -> None:
+    """One logfmt line: ``event=opened origin=https://host:443 conn=1a2b handshake_ms=3.1``."""
+    scheme = "https" if isinstance(conn, HTTPSConnection) else "http"
+    extra = " ".join(f"{key}={value}" for key, value in fields.items())
+    events.debug("event=%s origin=%s://%s:%s conn=%x %s", name, scheme, conn.host, conn.port,
+                 id(conn) & 0xFFFFFF, extra)
 
 
 def _origin(pool: HTTPConnectionPool) -> str:

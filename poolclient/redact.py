@@ -26,7 +26,7 @@ _QUERY_VALUE = re.compile(r"(?P<key>[?&;][^\s=&#?]*=)[^\s&#]*")
 
 # The loggers that format URLs or request targets into their records.
 _LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry",
-            "urllib3.connection", "poolclient.pool")
+            "urllib3.connection", "poolclient.connections")
 
 
 def redact(text: str) -> str:

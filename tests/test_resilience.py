@@ -19,7 +19,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError,
 from poolclient import DeadlineExceededError, Registry, Settings
 from poolclient import retry as retry_module
 from poolclient.redact import redact
-from tests.helpers import Upstream, refused_url, wait_for
+from tests.helpers import Upstream, refused_url, start_upstream, wait_for
 
 
 def make(upstream: Upstream, **settings: object) -> Registry:
@@ -299,3 +299,60 @@ def test_a_session_request_has_one_deadline_across_redirects(upstream: Upstream)
         assert retry_module.remaining() is None
     finally:
         reg.close()
+
+
+# --- connection events in the log ------------------------------------------------------
+
+
+def events(caplog) -> list[dict[str, str]]:
+    """The poolclient.connections lines, parsed from logfmt."""
+    return [dict(field.split("=", 1) for field in r.getMessage().split())
+            for r in caplog.records if r.name == "poolclient.connections"]
+
+
+def test_connection_events_are_logged_one_line_each(upstream: Upstream, caplog):
+    """opened (with handshake time), reused, expired, retired, retried: one DEBUG line
+    each, naming the event, the origin and the connection."""
+    caplog.set_level(logging.DEBUG, logger="poolclient.connections")
+    reg = make(upstream, maxsize=1, idle_timeout=0.2, max_lifetime=60)
+    try:
+        reg.request("GET", upstream.url + "/a")
+        reg.request("GET", upstream.url + "/drop-next")
+        reg.request("GET", upstream.url + "/retried")
+        time.sleep(0.3)  # the idleness under test
+        reg.request("GET", upstream.url + "/after-expiry")
+    finally:
+        reg.close()
+    seen = events(caplog)
+    names = [e["event"] for e in seen]
+    assert names == ["opened", "reused", "reused", "retried", "opened", "expired", "opened"]
+    origin = f"https://127.0.0.1:{upstream.port}"
+    assert all(e["origin"] == origin and e["conn"] for e in seen)
+    assert float(seen[0]["handshake_ms"]) > 0 and seen[0]["reconnect"] == "False"
+    assert seen[4]["reconnect"] == "True" and float(seen[5]["idle_s"]) >= 0.2
+
+    caplog.clear()
+    old = make(upstream, maxsize=1, max_lifetime=0.1)
+    try:
+        old.request("GET", upstream.url + "/a")
+        time.sleep(0.15)  # the age under test
+        old.request("GET", upstream.url + "/b")
+    finally:
+        old.close()
+    assert [e["event"] for e in events(caplog)] == ["opened", "retired", "opened"]
+
+
+def test_a_connection_the_upstream_closed_is_logged_as_dropped(tmp_path, caplog):
+    """The upstream closes the idle connection; the next checkout logs dropped, then a
+    reconnect."""
+    up = start_upstream(str(tmp_path / "up"), "--idle-close", "0.2")
+    caplog.set_level(logging.DEBUG, logger="poolclient.connections")
+    reg = make(up, maxsize=1)
+    try:
+        reg.request("GET", up.url + "/a")
+        wait_for(lambda: up.stats()["open"] == 0, 5, "the upstream to close it")
+        reg.request("GET", up.url + "/b")
+    finally:
+        reg.close()
+        up.stop()
+    assert [e["event"] for e in events(caplog)] == ["opened", "dropped", "opened"]
