@@ -4,6 +4,7 @@ gunicorn worker against the upstream's own count, across worker restarts."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 
@@ -173,3 +174,53 @@ def test_directory_made_by_poolclient_is_removed_on_exit(gunicorn, upstream: Ups
     assert total(scrape(server.url), "poolclient_requests_total") == 1
     server.stop()
     assert not os.path.exists(path)
+
+
+# --- the dashboard and the picture -----------------------------------------------------
+
+DASHBOARD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "deploy",
+                         "grafana-dashboard.json")
+
+
+def test_grafana_dashboard_queries_only_metrics_that_exist():
+    """Every expression in deploy/grafana-dashboard.json names families and labels that
+    /metrics really serves."""
+    with open(DASHBOARD) as f:
+        dashboard = json.load(f)
+    sink = metrics.pool_sink("https", "dashboard.example", 443)
+    assert sink is not None
+    sink.failed("connect")  # so that the labelled families have a series
+    sink.closed("expired")
+    text = metrics.render()[0].decode()
+    served = {s.name: set(s.labels) for f in text_string_to_metric_families(text)
+              for s in f.samples}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 8
+    for expr in exprs:
+        names = set(re.findall(r"\bpoolclient_\w+", expr))
+        assert names and names <= set(served), (expr, names - set(served))
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (g.strip() for g in group.split(",")):
+                assert any(label in served[n] for n in names), (expr, label)
+
+
+def test_plot_from_a_real_run(gunicorn, upstream: Upstream, tmp_path):
+    """app.metrics_plot scrapes a loaded gunicorn and writes a PNG; its last totals are the
+    upstream's own counts."""
+    from app.metrics_plot import plot, record
+
+    server = gunicorn(["-w", "2", "--threads", "2"],
+                      {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca})
+
+    def during() -> None:
+        outcomes = load(server.url, clients=4, seconds=1.5, paths=("/upstream/items",))
+        assert set(outcomes) == {200}
+
+    series = record(server.url, seconds=2.0, interval=0.25, during=during)
+    out = tmp_path / "metrics.png"
+    plot(series, str(out), "test run")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seen = upstream.stats()
+    assert series.requests[-1] == seen["requests"] > 0
+    assert series.opened[-1] == len(seen["connections"])
+    assert series.requests[0] == 0
