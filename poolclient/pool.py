@@ -149,7 +149,7 @@ class _CountedQueue(queue.LifoQueue[Any]):
             if item is not None:
                 self.stats.discarded_one()
                 if events.isEnabledFor(logging.DEBUG):
-                    _event("discarded", item, reason="pool full")
+                    _event("discarded", item, reason="pool_full")
             raise
 
     def idle(self) -> int:

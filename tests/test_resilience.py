@@ -356,3 +356,22 @@ def test_a_connection_the_upstream_closed_is_logged_as_dropped(tmp_path, caplog)
         reg.close()
         up.stop()
     assert [e["event"] for e in events(caplog)] == ["opened", "dropped", "opened"]
+
+
+def test_discarded_overflow_connection_is_logged(upstream: Upstream, caplog):
+    """POOLCLIENT_BLOCK=false, maxsize 1, two concurrent calls: the overflow connection is
+    closed when returned, counted and logged as discarded."""
+    caplog.set_level(logging.DEBUG, logger="poolclient.connections")
+    reg = make(upstream, maxsize=1, block=False)
+    try:
+        threads = [threading.Thread(target=reg.request,
+                                    args=("GET", upstream.url + "/slow?seconds=0.3"))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert reg.stats().totals()["discarded"] == 1
+    finally:
+        reg.close()
+    assert [e["event"] for e in events(caplog)].count("discarded") == 1
