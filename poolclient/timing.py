@@ -34,4 +34,5 @@ def record(seconds: float) -> None:
 
 def server_timing(calls: list[float]) -> str:
     """The Server-Timing value: total upstream time in ms and how many attempts."""
-    return f'upstream;dur={sum(calls) * 1000:.1f};desc="{len(calls)} calls"'
+    n = len(calls)
+    return f'upstream;dur={sum(calls) * 1000:.1f};desc="{n} call{"" if n == 1 else "s"}"'
