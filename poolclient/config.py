@@ -309,7 +309,15 @@ class Settings:
         "POOLCLIENT_READY_TIMEOUT",
         2.0,
         positive_seconds,
-        "Seconds each /readyz check may take (its deadline).",
+        "Seconds one round of /readyz checks may take in all; a probe that finds a round "
+        "running waits at most this long, then answers the last result.",
+    )
+    serve_endpoints: bool = _setting(
+        "POOLCLIENT_SERVE_ENDPOINTS",
+        True,
+        boolean,
+        "true: the middleware answers /health, /metrics, /livez and /readyz itself. false: "
+        "it answers none of them, so an app's own routes at those paths win.",
     )
     server_timing: bool = _setting(
         "POOLCLIENT_SERVER_TIMING",

@@ -103,8 +103,11 @@ def on_starting(server: Any) -> None:
     path = prepare_metrics_dir()
     if path is not None:
         # Counters are per pid file; a previous run's would be summed into this one's.
+        # Files of processes still running are left: the directory may be shared (by
+        # mistake, or during a USR2 upgrade) and their values are not ours to delete.
         for stale in glob.glob(os.path.join(path, "*.db")):
-            os.remove(stale)
+            if not _running(stale):
+                os.remove(stale)
         server.log.info("poolclient: metrics of every worker in %s", path)
     timeout = getattr(server.cfg, "timeout", 0) or 0
     if timeout and settings.deadline >= timeout:
@@ -141,6 +144,20 @@ def worker_exit(server: Any, worker: Any) -> None:
     registry = _loaded_registry()
     if registry is not None and os.getpid() == worker.pid:
         registry.close()
+
+
+def _running(path: str) -> bool:
+    """Whether the process that wrote a ``<kind>_<pid>.db`` file is still alive."""
+    pid = os.path.basename(path)[:-3].rsplit("_", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def child_exit(server: Any, worker: Any) -> None:

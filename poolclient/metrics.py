@@ -127,14 +127,15 @@ class PrometheusSink:
     def took(self, seconds: float) -> None:
         self._duration.observe(seconds)
 
-    def checked_out(self, waited: float, in_use: int, idle: int) -> None:
+    def checked_out(self, waited: float) -> None:
         self._wait.observe(waited)
-        self._in_use.set(in_use)
-        self._idle.set(idle)
+        self._in_use.inc()
 
-    def checked_in(self, in_use: int, idle: int) -> None:
-        self._in_use.set(in_use)
-        self._idle.set(idle)
+    def checked_in(self) -> None:
+        self._in_use.dec()
+
+    def idle(self, delta: int) -> None:
+        self._idle.inc(delta)
 
     def failed(self, kind: str) -> None:
         self._errors.labels(*self._labels, kind).inc()
@@ -148,16 +149,24 @@ class PrometheusSink:
     def waited(self) -> None:
         self._waits.inc()
 
-    def gone(self) -> None:
-        self._in_use.set(0)
-        self._idle.set(0)
-
 
 def pool_sink(scheme: str, host: str, port: int) -> EventSink | None:
     """The sink for a new pool, or ``None`` without prometheus-client."""
     if not available():
         return None
     return PrometheusSink(_get_families(), (scheme, host, str(port)))
+
+
+def problem() -> str | None:
+    """Why /metrics would be wrong in this process, if it would (checked per scrape)."""
+    from prometheus_client import values
+
+    files = getattr(values.ValueClass, "__name__", "MutexValue") != "MutexValue"
+    if multiprocess() and not files:
+        return ("prometheus-client was imported before PROMETHEUS_MULTIPROC_DIR was set, so "
+                "this process's values are not in the shared files; with --preload, call "
+                "poolclient.gunicorn.prepare_metrics_dir() in the gunicorn config")
+    return None
 
 
 def render() -> tuple[bytes, str]:

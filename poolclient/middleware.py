@@ -18,9 +18,10 @@ it describes only the worker that answered; ``GET /metrics`` sums every worker (
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import metrics, timing
@@ -90,22 +91,26 @@ class PoolClientMiddleware:
         environ[REGISTRY_KEY] = registry
         environ[self.environ_key] = registry
         path = environ.get("PATH_INFO")
-        if path is not None and path in (self.health_path, self.metrics_path,
-                                         self.livez_path, self.readyz_path):
+        if (path is not None and registry.settings.serve_endpoints
+                and path in (self.health_path, self.metrics_path, self.livez_path,
+                             self.readyz_path)):
             return self._endpoint(environ, start_response, registry, path)
         timed = self.server_timing
         if timed is None:
             timed = registry.settings.server_timing
         if not timed:
             return self.app(environ, start_response)
-        with timing.collect() as calls:
+        # The app, and the iteration of what it returns (a generator may call upstream and
+        # start_response only when first iterated), run in one context holding the list.
+        context = contextvars.copy_context()
+        calls: list[float] = context.run(timing.start)
 
-            def timed_start(status: str, headers: list[tuple[str, str]],
-                            exc_info: Any = None) -> Any:
-                headers = [*headers, ("Server-Timing", timing.server_timing(calls))]
-                return start_response(status, headers, exc_info)
+        def timed_start(status: str, headers: list[tuple[str, str]],
+                        exc_info: Any = None) -> Any:
+            headers = [*headers, ("Server-Timing", timing.server_timing(calls))]
+            return start_response(status, headers, exc_info)
 
-            return self.app(environ, timed_start)
+        return _InContext(context, context.run(self.app, environ, timed_start))
 
     def _endpoint(
         self, environ: WSGIEnvironment, start_response: StartResponse, registry: Registry,
@@ -135,13 +140,40 @@ class PoolClientMiddleware:
             document["maxsize"] = registry.maxsize
             body, ctype = json_bytes(document), HEALTH_JSON
         elif metrics.available():
-            body, ctype = metrics.render()
+            problem = metrics.problem()
+            if problem is None:
+                body, ctype = metrics.render()
+            else:  # a wrong answer would look right: say what is wrong instead
+                body, ctype = (problem + "\n").encode(), "text/plain; charset=utf-8"
+                status = "500 Internal Server Error"
         else:
             body, ctype = (metrics.INSTALL_HINT + "\n").encode(), "text/plain; charset=utf-8"
             status = "501 Not Implemented"
         start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))),
                                 ("Cache-Control", "no-store")])
         return [] if method == "HEAD" else [body]
+
+
+class _InContext:
+    """A WSGI response iterable whose iteration and close run in ``context``."""
+
+    def __init__(self, context: contextvars.Context, body: Iterable[bytes]) -> None:
+        self.context = context
+        self.body = body
+        self._iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = self.context.run(iter, self.body)
+        return self.context.run(next, self._iterator)
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            self.context.run(close)
 
 
 def stats_allowed(environ: WSGIEnvironment, settings: Settings) -> bool:

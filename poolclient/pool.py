@@ -140,11 +140,15 @@ class _CountedQueue(queue.LifoQueue[Any]):
         if conn is not None:
             # Lets the pool tell urllib3's "dropped by the peer" close from its own.
             conn.open_at_checkout = not conn.is_closed
+            if conn.open_at_checkout:
+                self.stats.idle_changed(-1)
         return conn
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         try:
             super().put(item, block=block, timeout=timeout)
+            if item is not None and not item.is_closed:
+                self.stats.idle_changed(+1)
         except queue.Full:
             if item is not None:
                 self.stats.discarded_one()
@@ -180,10 +184,6 @@ class CountedPool(_PoolBase):
             f"idle {s.idle} | opened {s.connections_opened} | requests {s.requests}]>"
         )
 
-    def close(self) -> None:
-        super().close()
-        self.stats.gone()
-
     def _new_pool_queue(self, maxsize: int) -> queue.LifoQueue[Any]:
         return _CountedQueue(maxsize, self.stats)
 
@@ -205,7 +205,7 @@ class CountedPool(_PoolBase):
             self.stats.failed("pool_timeout")
             waited = round(time.monotonic() - started, 3)
             raise PoolTimeoutError(self, _origin(self), self.stats.maxsize, waited) from None
-        self.stats.checked_out(time.monotonic() - started, self._idle)
+        self.stats.checked_out(time.monotonic() - started)
         if conn is None:
             return conn
         now = time.monotonic()
@@ -237,7 +237,7 @@ class CountedPool(_PoolBase):
         try:
             super()._put_conn(conn)
         finally:
-            self.stats.checked_in(self._idle)
+            self.stats.checked_in()
 
     def _idle(self) -> int:
         q = self.pool  # None once closed

@@ -58,24 +58,36 @@ class Readiness:
         self._checks: tuple[Check, ...] = ()
 
     def checks(self, registry: Registry) -> tuple[Check, ...]:
-        """The checks, run again when the cached ones are older than the cache period."""
+        """The checks, run again when the cached ones are older than the cache period.
+
+        One round takes at most ``POOLCLIENT_READY_TIMEOUT`` in all, and a probe that
+        finds another one checking waits at most that long, then answers the last result:
+        probes can never pile up on a slow upstream and hold every worker thread.
+        """
         settings = registry.settings
         urls = [u for u in settings.ready_urls.split(",") if u]
         if not urls:
             return ()
-        with self._lock:
+        if not self._lock.acquire(timeout=settings.ready_timeout):
+            return self._checks
+        try:
             if time.monotonic() - self._checked_at >= settings.ready_cache:
-                self._checks = tuple(_check(registry, url, settings.ready_timeout)
-                                     for url in urls)
+                end = time.monotonic() + settings.ready_timeout
+                self._checks = tuple(_check(registry, url, end) for url in urls)
                 self._checked_at = time.monotonic()
             return self._checks
+        finally:
+            self._lock.release()
 
 
-def _check(registry: Registry, url: str, timeout: float) -> Check:
+def _check(registry: Registry, url: str, end: float) -> Check:
     started = time.monotonic()
     at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if end - started <= 0:
+        return Check(url, False, 0.0, at, "not checked: POOLCLIENT_READY_TIMEOUT was spent "
+                                          "on the checks before it")
     try:
-        response = registry.request("GET", url, deadline=timeout,
+        response = registry.request("GET", url, deadline=end - started,
                                     retries=Retry(total=0, redirect=False, read=False))
         ok, output = response.status < 500, ("" if response.status < 500
                                             else f"answered {response.status}")

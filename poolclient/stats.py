@@ -9,7 +9,6 @@ the lock is released.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -60,13 +59,13 @@ class EventSink(Protocol):
     def opened(self) -> None: ...
     def sent(self, reused: bool) -> None: ...
     def took(self, seconds: float) -> None: ...
-    def checked_out(self, waited: float, in_use: int, idle: int) -> None: ...
-    def checked_in(self, in_use: int, idle: int) -> None: ...
+    def checked_out(self, waited: float) -> None: ...
+    def checked_in(self) -> None: ...
+    def idle(self, delta: int) -> None: ...
     def failed(self, kind: str) -> None: ...
     def closed(self, reason: str) -> None: ...
     def retried(self) -> None: ...
     def waited(self) -> None: ...
-    def gone(self) -> None: ...
 
 
 class PoolStats:
@@ -120,21 +119,25 @@ class PoolStats:
         if self.sink is not None:
             self.sink.took(seconds)
 
-    def checked_out(self, waited: float = 0.0, idle: Callable[[], int] | None = None) -> None:
-        """A caller got a connection after waiting ``waited`` seconds; ``idle`` counts the
-        pool's idle connections now, read only when a sink wants it."""
+    def checked_out(self, waited: float = 0.0) -> None:
+        """A caller got a connection after waiting ``waited`` seconds."""
         with self._lock:
             self._in_use += 1
-            in_use = self._in_use
         if self.sink is not None:
-            self.sink.checked_out(waited, in_use, idle() if idle is not None else 0)
+            self.sink.checked_out(waited)
 
-    def checked_in(self, idle: Callable[[], int] | None = None) -> None:
+    def checked_in(self) -> None:
         with self._lock:
             self._in_use -= 1
-            in_use = self._in_use
         if self.sink is not None:
-            self.sink.checked_in(in_use, idle() if idle is not None else 0)
+            self.sink.checked_in()
+
+    def idle_changed(self, delta: int) -> None:
+        """An open connection entered (+1) or left (-1) the idle queue. Only the sink keeps
+        this (as increments, which commute, so concurrent events never leave it stale);
+        snapshots read idle from the queue itself."""
+        if self.sink is not None:
+            self.sink.idle(delta)
 
     def waited(self) -> None:
         """A caller found every connection in use and had to wait."""
@@ -178,11 +181,6 @@ class PoolStats:
             self._retried += 1
         if self.sink is not None:
             self.sink.retried()
-
-    def gone(self) -> None:
-        """The pool was closed: it holds no connections any more."""
-        if self.sink is not None:
-            self.sink.gone()
 
     def snapshot(self, scheme: str, host: str, port: int, idle: int) -> PoolSnapshot:
         with self._lock:

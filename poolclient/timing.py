@@ -1,28 +1,23 @@
 """Per-request upstream timing: the calls one WSGI request made, for a Server-Timing header.
 
-The middleware opens a collection around the application; every request attempt the pools
-make in that thread (or greenlet) adds its duration. Context variables keep concurrent
-requests apart.
+The middleware starts a collection in the context the application (and the iteration of
+its response) runs in; every request attempt the pools make there adds its duration.
+Context variables keep concurrent requests, threads and greenlets apart.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 _calls: ContextVar[list[float] | None] = ContextVar("poolclient_calls", default=None)
 
 
-@contextmanager
-def collect() -> Iterator[list[float]]:
-    """The durations (seconds) of the upstream attempts made inside the block."""
+def start() -> list[float]:
+    """Begin a collection in the current context (for a caller that runs several steps in
+    one ``contextvars.Context``); the list it returns fills as attempts end."""
     calls: list[float] = []
-    token = _calls.set(calls)
-    try:
-        yield calls
-    finally:
-        _calls.reset(token)
+    _calls.set(calls)
+    return calls
 
 
 def record(seconds: float) -> None:

@@ -7,13 +7,14 @@ import glob
 import json
 import os
 import re
+import subprocess
 
 import urllib3
 import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolclient import PoolClientMiddleware, Registry, Settings, metrics
-from tests.helpers import Upstream, load, wait_for
+from tests.helpers import Upstream, health_by_worker, load, wait_for
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -47,17 +48,20 @@ def test_golden_text_in_process():
     sink.opened()
     sink.sent(False)
     sink.sent(True)
-    sink.checked_out(0.0, 1, 0)
+    sink.checked_out(0.0)
     sink.took(0.02)
-    sink.checked_in(0, 1)
+    sink.checked_in()
+    sink.idle(+1)
     sink.waited()
-    sink.checked_out(0.75, 1, 0)
+    sink.checked_out(0.75)
+    sink.idle(-1)
     sink.failed("timeout")
     sink.closed("expired")
     sink.retried()
     sink.opened()
     sink.sent(False)
-    sink.checked_in(0, 1)
+    sink.checked_in()
+    sink.idle(+1)
     body, ctype = metrics.render()
     assert ctype.startswith("text/plain; version=")
     lines = sorted(line for line in body.decode().splitlines()
@@ -128,6 +132,10 @@ def test_six_scrapes_agree_with_the_upstream(gunicorn, upstream: Upstream):
         assert total(samples, "poolclient_request_duration_seconds_count",
                      port=port) == seen["requests"]
         assert total(samples, "poolclient_errors_total") == 0
+    # The idle gauge, summed over the workers, is what each worker's queue holds.
+    health = health_by_worker(server, server.worker_pids())
+    assert total(scrape(server.url), "poolclient_connections", port=port, state="idle") == sum(
+        h["totals"]["idle"] for h in health.values())
 
 
 def test_multiprocess_directory_lifecycle_over_worker_restarts(gunicorn, upstream, tmp_path):
@@ -136,11 +144,15 @@ def test_multiprocess_directory_lifecycle_over_worker_restarts(gunicorn, upstrea
     directory (the user's own) stays after shutdown."""
     directory = tmp_path / "prom"
     directory.mkdir()
-    (directory / "counter_1.db").write_bytes(b"left over from an earlier run")
+    dead_pid = _exited_pid()
+    (directory / f"counter_{dead_pid}.db").write_bytes(b"left over from an earlier run")
+    (directory / f"counter_{os.getpid()}.db").write_bytes(b"")  # a live process's: kept
     server = gunicorn(["-w", "2", "--threads", "2", "--max-requests", "100"],
                       {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
                        "PROMETHEUS_MULTIPROC_DIR": str(directory)})
-    assert not (directory / "counter_1.db").exists()
+    assert not (directory / f"counter_{dead_pid}.db").exists()
+    assert (directory / f"counter_{os.getpid()}.db").exists()
+    (directory / f"counter_{os.getpid()}.db").unlink()  # empty: not a file to collect
     first = server.worker_pids()
     outcomes = load(server.url, clients=4, seconds=4, paths=("/upstream/items",),
                     headers={"Connection": "close"})
@@ -159,6 +171,12 @@ def test_multiprocess_directory_lifecycle_over_worker_restarts(gunicorn, upstrea
     assert total(samples, "poolclient_connections", port=port) <= 2 * 2
     server.stop()
     assert directory.is_dir()
+
+
+def _exited_pid() -> int:
+    proc = subprocess.Popen(["true"])  # noqa: S603, S607
+    proc.wait()
+    return proc.pid
 
 
 def test_directory_made_by_poolclient_is_removed_on_exit(gunicorn, upstream: Upstream):

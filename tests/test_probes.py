@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 
 import urllib3
@@ -11,7 +13,7 @@ import webtest
 from poolclient import PoolClientMiddleware, Registry, Settings
 from poolclient.render import health_document
 from poolclient.stats import PoolSnapshot, RegistrySnapshot
-from tests.helpers import Upstream, refused_url, wait_for
+from tests.helpers import ROOT, Upstream, refused_url, wait_for
 
 
 def calling_app(url: str, times: int):
@@ -117,3 +119,61 @@ def test_readyz_follows_the_upstream_down_and_back(gunicorn, upstream: Upstream)
     server.stop()
     assert re.search(r'"GET /upstream/items HTTP/1.1" 200 .* upstream="upstream;dur=[\d.]+;'
                      r'desc=\\?"1 call\\?""', server.log()), server.log()[-2000:]
+
+
+def test_server_timing_counts_calls_a_generator_makes(upstream: Upstream, registry: Registry):
+    """A generator app calls upstream and start_response only when iterated: still
+    counted."""
+    def generator_app(environ, start_response):
+        environ["http.pool"].request("GET", upstream.url + "/x")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"ok"
+
+    app = webtest.TestApp(PoolClientMiddleware(generator_app, registry=registry,
+                                               server_timing=True))
+    assert app.get("/any").headers["Server-Timing"].endswith('desc="1 call"')
+
+
+def test_serve_endpoints_false_leaves_the_paths_to_the_app(registry: Registry):
+    """POOLCLIENT_SERVE_ENDPOINTS=false: /metrics, /health, /livez, /readyz reach the app."""
+    reg = Registry(Settings(serve_endpoints=False))
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app's own " + environ["PATH_INFO"].encode()]
+
+    test_app = webtest.TestApp(PoolClientMiddleware(app, registry=reg))
+    for path in ("/metrics", "/health", "/livez", "/readyz"):
+        assert test_app.get(path).text == f"app's own {path}"
+
+
+def test_one_readiness_round_is_bounded_by_the_ready_timeout(upstream: Upstream):
+    """Three URLs that each take 2 s, POOLCLIENT_READY_TIMEOUT=1: the round ends in about
+    1 s; the checks it had no time for say so."""
+    slow = upstream.url + "/slow?seconds=2"
+    reg = Registry(Settings(ca_bundle=upstream.ca, ready_urls=",".join([slow] * 3),
+                            ready_timeout=1))
+    try:
+        started = time.monotonic()
+        checks = reg.ready()
+        assert time.monotonic() - started < 2
+        assert [c.ok for c in checks] == [False, False, False]
+        assert "not checked" in checks[2].output
+    finally:
+        reg.close()
+
+
+def test_metrics_refuse_when_prometheus_was_imported_too_early(tmp_path):
+    """prometheus-client imported before PROMETHEUS_MULTIPROC_DIR was set: /metrics answers
+    500 saying so, instead of an empty page that looks right."""
+    code = (
+        "import os, prometheus_client, webtest\n"
+        f"os.environ['PROMETHEUS_MULTIPROC_DIR'] = {str(tmp_path)!r}\n"
+        "from poolclient import PoolClientMiddleware, Registry, Settings\n"
+        "app = webtest.TestApp(PoolClientMiddleware(lambda e, s: [], registry=Registry()))\n"
+        "r = app.get('/metrics', expect_errors=True)\n"
+        "print(r.status_int, r.text)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.startswith("500 prometheus-client was imported before")
