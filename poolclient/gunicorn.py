@@ -115,6 +115,10 @@ def on_starting(server: Any) -> None:
             "poolclient: POOLCLIENT_DEADLINE=%s is not below gunicorn's timeout=%s: a sync "
             "worker waiting on a slow upstream would be killed instead of answering 504",
             settings.deadline, timeout)
+    if timeout and settings.ready_urls and settings.ready_timeout >= timeout:
+        server.log.warning(
+            "poolclient: POOLCLIENT_READY_TIMEOUT=%s is not below gunicorn's timeout=%s: a "
+            "sync worker checking readiness would be killed", settings.ready_timeout, timeout)
 
 
 def pre_fork(server: Any, worker: Any) -> None:

@@ -142,10 +142,13 @@ def test_hooks_have_the_signatures_gunicorn_validates(hook, arity):
 
 
 def test_deadline_at_or_above_the_worker_timeout_is_warned(gunicorn, upstream: Upstream):
-    """POOLCLIENT_DEADLINE=40 with gunicorn's timeout 30: the master says so at start-up;
-    the default (20) gives no warning."""
+    """POOLCLIENT_DEADLINE=40 or a 30 s readiness round with gunicorn's timeout 30: the
+    master says so at start-up; the defaults give no warning."""
     env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca}
-    warned = gunicorn(["-w", "1"], {**env, "POOLCLIENT_DEADLINE": "40"})
+    warned = gunicorn(["-w", "1"], {**env, "POOLCLIENT_DEADLINE": "40",
+                                    "POOLCLIENT_READY_URLS": upstream.url,
+                                    "POOLCLIENT_READY_TIMEOUT": "30"})
     quiet = gunicorn(["-w", "1"], env)
     assert "POOLCLIENT_DEADLINE=40.0 is not below gunicorn's timeout=30" in warned.log()
-    assert "POOLCLIENT_DEADLINE" not in quiet.log()
+    assert "POOLCLIENT_READY_TIMEOUT=30.0 is not below gunicorn's timeout=30" in warned.log()
+    assert "is not below gunicorn's timeout" not in quiet.log()
