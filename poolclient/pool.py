@@ -212,12 +212,8 @@ class CountedPool(_PoolBase):
         if conn.is_closed:
             if conn.open_at_checkout and events.isEnabledFor(logging.DEBUG):
                 _event("dropped", conn, idle_s=round(now - conn.idle_since, 3))
-        elif self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime:
-            conn.close()
-            self.stats.retired_one()
-            if events.isEnabledFor(logging.DEBUG):
-                _event("retired", conn, age_s=round(now - conn.connected_at, 3))
-        elif self.idle_timeout is not None and now - conn.idle_since >= self.idle_timeout:
+        elif (not self._retire_if_old(conn, now) and self.idle_timeout is not None
+              and now - conn.idle_since >= self.idle_timeout):
             conn.close()
             self.stats.expired_one()
             if events.isEnabledFor(logging.DEBUG):
@@ -227,17 +223,23 @@ class CountedPool(_PoolBase):
     def _put_conn(self, conn: Any) -> None:
         if conn is not None:
             now = time.monotonic()
-            if (self.max_lifetime is not None and not conn.is_closed
-                    and now - conn.connected_at >= self.max_lifetime):
-                conn.close()
-                self.stats.retired_one()
-                if events.isEnabledFor(logging.DEBUG):
-                    _event("retired", conn, age_s=round(now - conn.connected_at, 3))
+            if not conn.is_closed:
+                self._retire_if_old(conn, now)  # after its request, before the next one
             conn.idle_since = now
         try:
             super()._put_conn(conn)
         finally:
             self.stats.checked_in()
+
+    def _retire_if_old(self, conn: Any, now: float) -> bool:
+        """Close an open ``conn`` older than ``max_lifetime``; whether it was."""
+        if self.max_lifetime is None or now - conn.connected_at < self.max_lifetime:
+            return False
+        conn.close()
+        self.stats.retired_one()
+        if events.isEnabledFor(logging.DEBUG):
+            _event("retired", conn, age_s=round(now - conn.connected_at, 3))
+        return True
 
     def _idle(self) -> int:
         q = self.pool  # None once closed
