@@ -15,7 +15,7 @@ from .config import Settings
 from .errors import ConfigError, ForkSafetyError, PoolClientError
 
 if TYPE_CHECKING:
-    from .middleware import PoolClientMiddleware
+    from .middleware import PoolClientMiddleware, from_request
     from .pool import PoolTimeoutError
     from .registry import Registry, configure, get_registry
     from .retry import DeadlineExceededError
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "DeadlineExceededError": "retry",
     "PoolClientMiddleware": "middleware",
+    "from_request": "middleware",
     "PoolTimeoutError": "pool",
     "Registry": "registry",
     "configure": "registry",
@@ -44,6 +45,7 @@ __all__ = [
     "RegistrySnapshot",
     "Settings",
     "configure",
+    "from_request",
     "get_registry",
 ]
 

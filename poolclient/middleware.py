@@ -203,6 +203,26 @@ def _json_headers(body: bytes, *extra: tuple[str, str]) -> list[tuple[str, str]]
     ]
 
 
+def from_request(request: object) -> Registry:
+    """The registry for a request: a Flask or Django request (anything with ``.environ``,
+    or Django's ``.META``), or a WSGI environ itself.
+
+    It is the one the middleware put there; without the middleware (a framework's test
+    client, a management command) it is the process-global :func:`get_registry`, which is
+    just as fork-aware. Code never spells the environ key::
+
+        from poolclient import from_request
+
+        def view(request):
+            items = from_request(request).request("GET", API + "/items").json()
+    """
+    environ = getattr(request, "environ", None)
+    if environ is None:
+        environ = getattr(request, "META", request)
+    found = environ.get(REGISTRY_KEY) if isinstance(environ, dict) else None
+    return found if isinstance(found, Registry) else get_registry()
+
+
 def wrap(app: WSGIApplication, registry: Registry | None = None) -> WSGIApplication:
     """``app`` wrapped in :class:`PoolClientMiddleware`, unless it already is."""
     if isinstance(app, PoolClientMiddleware):
