@@ -16,8 +16,16 @@ run: $(VENV)/.installed-demo
 	$(BIN)/python -m app.demo
 
 ## make test: ruff, mypy --strict, and the whole test suite
-test: lint
+test: lint $(VENV)/wheelhouse
 	$(BIN)/python -m pytest
+
+# Wheels of every runtime dependency and extra, so that tests/test_packaging.py installs
+# the built wheel into clean venvs offline.
+$(VENV)/wheelhouse: pyproject.toml $(VENV)/.installed-test
+	rm -rf $@.tmp
+	$(BIN)/python -m pip wheel --quiet --wheel-dir $@.tmp '.[gunicorn,gevent,prometheus]'
+	rm -f $@.tmp/poolclient-*.whl
+	rm -rf $@ && mv $@.tmp $@
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check poolclient app tests gunicorn.conf.py

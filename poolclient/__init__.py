@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from .retry import DeadlineExceededError
     from .stats import PoolSnapshot, RegistrySnapshot
 
+__version__ = "0.2.0"
+
 _LAZY = {
     "DeadlineExceededError": "retry",
     "PoolClientMiddleware": "middleware",
