@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-.PHONY: run test lint clean
+.PHONY: run test lint tools clean
 
 # One stamp per extra: make run installs only what the service needs.
 $(VENV)/.installed-%: pyproject.toml
@@ -16,8 +16,15 @@ run: $(VENV)/.installed-demo
 	$(BIN)/python -m app.demo
 
 ## make test: ruff, mypy --strict, and the whole test suite
-test: lint $(VENV)/wheelhouse
+test: lint $(VENV)/wheelhouse tools
 	$(BIN)/python -m pytest
+
+# System tools tests/test_deploy.py checks deploy/ with, from Debian's packages if missing.
+tools:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+	  apt-get install -y -q nginx-light >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null)
+	@command -v systemd-analyze >/dev/null || apt-get install -y -q systemd >/dev/null
 
 # Wheels of every runtime dependency and extra, so that tests/test_packaging.py installs
 # the built wheel into clean venvs offline.

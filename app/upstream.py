@@ -354,9 +354,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="close a connection idle this long (default: never)")
     parser.add_argument("--cert-expired", action="store_true",
                         help="serve a certificate that expired yesterday")
+    parser.add_argument("--name", action="append", default=[],
+                        help="another name the certificate covers (a compose service name)")
     args = parser.parse_args(argv)
     hosts = loopback_hosts(args.hosts, args.host)
-    context = make_certs(args.certs, args.host, hosts=hosts, expired=args.cert_expired)
+    context = make_certs(args.certs, args.host, hosts=[*hosts, *args.name],
+                         expired=args.cert_expired)
     server = UpstreamServer((args.host, args.port), context, hosts=args.hosts,
                             idle_close=args.idle_close)
     print(f"https://{args.host}:{server.server_address[1]}", flush=True)
