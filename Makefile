@@ -12,8 +12,9 @@ $(VENV)/.installed-%: pyproject.toml
 	touch $@
 
 ## make run: the example service on http://127.0.0.1:8000 (offline demo upstream unless UPSTREAM_URL is set)
+## make run APP=app.flask_example:app (or app.django_example:application): the framework examples
 run: $(VENV)/.installed-demo
-	$(BIN)/python -m app.demo
+	$(BIN)/python -m app.demo $(APP)
 
 ## make test: ruff, mypy --strict, and the whole test suite
 test: lint $(VENV)/wheelhouse tools

@@ -3,6 +3,9 @@
 With ``UPSTREAM_URL`` unset, it starts the demo HTTPS upstream (:mod:`app.upstream`) on a
 free loopback port with a CA generated into ``run/certs``, and trusts that CA through
 ``POOLCLIENT_CA_BUNDLE``. Then it runs gunicorn with ``gunicorn.conf.py``; Ctrl-C stops both.
+
+``python -m app.demo app.flask_example:app`` (``make run APP=...``) runs another WSGI app
+the same way: the Flask or Django example (``app.django_example:application``).
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ def main() -> None:
         env["POOLCLIENT_CA_BUNDLE"] = os.path.join(certs, "ca.pem")
         print(f"demo upstream: {url} (CA {env['POOLCLIENT_CA_BUNDLE']})", flush=True)
     bind = env.get("BIND", f"127.0.0.1:{env.get('PORT', '8000')}")
-    print(f"try: curl http://{bind}/upstream/hello?x=1  and  curl http://{bind}/health",
-          flush=True)
+    target = sys.argv[1:2]  # a WSGI app other than the relay, if given
+    path = "/items/7" if target else "/upstream/hello?x=1"
+    print(f"try: curl http://{bind}{path}  and  curl http://{bind}/health", flush=True)
     gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"], cwd=HERE, env=env
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *target], cwd=HERE,
+        env=env,
     )
     # SIGTERM (systemd, timeout, kill) stops gunicorn gracefully, then the demo upstream.
     signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
