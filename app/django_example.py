@@ -25,20 +25,18 @@ if not settings.configured:
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402 - after settings
 from django.http import HttpRequest, JsonResponse  # noqa: E402
 from django.urls import path  # noqa: E402
-from urllib3.exceptions import HTTPError  # noqa: E402
 
-from app.relay import classify, upstream_url  # noqa: E402
-from poolclient import PoolClientError, PoolClientMiddleware, from_request  # noqa: E402
-from poolclient.redact import redact  # noqa: E402
+from app.relay import UPSTREAM_ERRORS, classify, upstream_url  # noqa: E402
+from poolclient import PoolClientMiddleware, from_request  # noqa: E402
 
 
 def item(request: HttpRequest, item_id: int) -> JsonResponse:
     pool = from_request(request)
     try:
         response = pool.request("GET", f"{upstream_url()}/items/{item_id}")
-    except (HTTPError, OSError, PoolClientError) as exc:
+    except UPSTREAM_ERRORS as exc:
         status, cause, headers = classify(exc, pool.settings.pool_timeout)
-        answer = JsonResponse({"error": redact(cause)}, status=status)
+        answer = JsonResponse({"error": cause}, status=status)
         for name, value in headers:
             answer[name] = value
         return answer

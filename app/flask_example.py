@@ -10,11 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, jsonify, request
-from urllib3.exceptions import HTTPError
 
-from app.relay import classify, upstream_url
-from poolclient import PoolClientError, PoolClientMiddleware, from_request
-from poolclient.redact import redact
+from app.relay import UPSTREAM_ERRORS, classify, upstream_url
+from poolclient import PoolClientMiddleware, from_request
 
 app = Flask(__name__)
 app.wsgi_app = PoolClientMiddleware(app.wsgi_app)  # type: ignore[method-assign]
@@ -25,8 +23,8 @@ def item(item_id: int) -> Any:
     pool = from_request(request)
     try:
         response = pool.request("GET", f"{upstream_url()}/items/{item_id}")
-    except (HTTPError, OSError, PoolClientError) as exc:
+    except UPSTREAM_ERRORS as exc:
         status, cause, headers = classify(exc, pool.settings.pool_timeout)
-        return jsonify(error=redact(cause)), status, headers
+        return jsonify(error=cause), status, headers
     return jsonify(framework="flask", upstream=response.json()), response.status
 

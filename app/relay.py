@@ -56,8 +56,17 @@ def upstream_url(environ: Mapping[str, str] | None = None) -> str:
     return value.rstrip("/")
 
 
+# What a call through the pools raises when the upstream fails.
+UPSTREAM_ERRORS = (HTTPError, OSError, PoolClientError)
+
+
 def classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[str, str]]]:
-    """Status, cause and extra headers for an upstream failure."""
+    """Status, cause (credentials masked) and extra headers for an upstream failure."""
+    status, cause, headers = _classify(exc, pool_timeout)
+    return status, redact(cause), headers
+
+
+def _classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[str, str]]]:
     reason: BaseException = exc
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         reason = exc.reason
@@ -115,9 +124,9 @@ class Relay:
             url += "?" + environ["QUERY_STRING"]
         try:
             response = pool.request("GET", url, headers=self.headers)
-        except (HTTPError, OSError, PoolClientError) as exc:
+        except UPSTREAM_ERRORS as exc:
             status, cause, headers = classify(exc, pool.settings.pool_timeout)
-            return _json(start_response, status, {"error": redact(cause)}, method, headers)
+            return _json(start_response, status, {"error": cause}, method, headers)
         try:
             body = json.loads(response.data)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON

@@ -68,26 +68,26 @@ def optional_positive_int(value: object) -> int | None:
         raise ValueError("expected an integer of at least 1, or unset for the default") from None
 
 
-def positive_seconds(value: object) -> float:
-    """A finite number of seconds greater than 0."""
+def _seconds(value: object, zero_allowed: bool) -> float:
+    allowed = ("expected a number of seconds, 0 or more" if zero_allowed
+               else "expected a number of seconds greater than 0")
     try:
         number = float(_number(value, float))
     except ValueError:
-        raise ValueError("expected a number of seconds greater than 0") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("expected a number of seconds greater than 0")
+        raise ValueError(allowed) from None
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero_allowed):
+        raise ValueError(allowed)
     return number
+
+
+def positive_seconds(value: object) -> float:
+    """A finite number of seconds greater than 0."""
+    return _seconds(value, zero_allowed=False)
 
 
 def non_negative_seconds(value: object) -> float:
     """A finite number of seconds, 0 or more."""
-    try:
-        number = float(_number(value, float))
-    except ValueError:
-        raise ValueError("expected a number of seconds, 0 or more") from None
-    if not math.isfinite(number) or number < 0:
-        raise ValueError("expected a number of seconds, 0 or more")
-    return number
+    return _seconds(value, zero_allowed=True)
 
 
 UNIX = "unix"  # callers on a unix socket, which have no address

@@ -48,7 +48,6 @@ class _ProcessPools(PoolManager):
             **trust,
         )
         self.pid = os.getpid()
-        self.ca_bundle = settings.ca_bundle
         self.settings = settings
         self.readiness = Readiness()
         redact.install()
@@ -63,9 +62,10 @@ class _ProcessPools(PoolManager):
         # must not swap the configured CAs for others. verify=False still turns it off.
         # Written out in full so that .request() (no cert_reqs) and requests' verify=True
         # (CERT_REQUIRED) share one pool, and one maxsize, per origin.
-        if self.ca_bundle and merged.get("cert_reqs") not in _NO_VERIFY:
+        ca_bundle = self.settings.ca_bundle
+        if ca_bundle and merged.get("cert_reqs") not in _NO_VERIFY:
             merged["cert_reqs"] = "CERT_REQUIRED"
-            merged["ca_certs"] = self.ca_bundle
+            merged["ca_certs"] = ca_bundle
             merged.pop("ca_cert_dir", None)
         return merged
 

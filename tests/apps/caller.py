@@ -19,11 +19,8 @@ import logging
 import os
 from urllib.parse import parse_qs
 
-from urllib3.exceptions import HTTPError
-
-from app.relay import classify
+from app.relay import UPSTREAM_ERRORS, classify
 from app.upstream import loopback_hosts
-from poolclient import PoolClientError
 
 if os.environ.get("CALLER_DEBUG_LOG") == "1":
     logging.basicConfig(level=logging.DEBUG, format="%(name)s %(levelname)s %(message)s")
@@ -85,7 +82,7 @@ def app(environ, start_response):
             with pool.session() as session:
                 second = session.get(url, headers={"Authorization": auth}).status_code
             return _answer(start_response, 200, {"statuses": [first, second]})
-    except (HTTPError, OSError, PoolClientError) as exc:
+    except UPSTREAM_ERRORS as exc:
         status, cause, headers = classify(exc, pool.settings.pool_timeout)
         return _answer(start_response, status, {"error": cause}, headers)
     return _answer(start_response, 404, {"error": path})
