@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-.PHONY: run test lint tools clean
+.PHONY: run test lint tools bench clean
 
 # One stamp per extra: make run installs only what the service needs.
 $(VENV)/.installed-%: pyproject.toml
@@ -26,6 +26,16 @@ tools:
 	  apt-get install -y -q nginx-light >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null)
 	@command -v systemd-analyze >/dev/null || apt-get install -y -q systemd >/dev/null
+
+## make bench: the contenders under load, then the microbenchmarks; writes docs/bench.* and
+## docs/micro.md and the README's table (ROUNDS=5 DURATION=10 by default)
+ROUNDS   ?= 5
+DURATION ?= 10
+bench: $(VENV)/.installed-bench tools
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
+	BENCH_COMMAND='make bench ROUNDS=$(ROUNDS) DURATION=$(DURATION)' \
+	  $(BIN)/python -m bench.run --rounds $(ROUNDS) --duration $(DURATION)
 
 # Wheels of every runtime dependency and extra, so that tests/test_packaging.py installs
 # the built wheel into clean venvs offline.

@@ -1,0 +1,90 @@
+"""The benchmark's contenders: one small WSGI app per way of calling an upstream.
+
+Each app answers ``GET /`` with the body of ``GET $BENCH_UPSTREAM`` (the static app with a
+body of its own), so they differ only in how the call is made. ``python -m bench.run``
+serves each in turn with the same gunicorn settings (``bench/gunicorn.conf.py``); the
+poolclient apps run under poolclient's hooks, as ``gunicorn.conf.py`` runs any app.
+
+Written as a user would write them: trust comes from ``BENCH_CA`` (given explicitly, since
+``REQUESTS_CA_BUNDLE`` on the machine must not decide it), the bare urllib3 pool is sized to
+the worker's threads (urllib3's default of one connection would make it churn).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import requests
+import urllib3
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+UPSTREAM = os.environ.get("BENCH_UPSTREAM", "https://127.0.0.1:8443/")
+CA = os.environ.get("BENCH_CA", "")
+THREADS = int(os.environ.get("GUNICORN_THREADS", "4"))
+STATIC_BODY = b'{"ok":true}\n'
+
+
+def _answer(start_response: StartResponse, body: bytes) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def static(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """The ceiling: no upstream call."""
+    return _answer(start_response, STATIC_BODY)
+
+
+def session_per_request(environ: WSGIEnvironment,
+                        start_response: StartResponse) -> Iterable[bytes]:
+    """A new ``requests.Session`` per request: a new connection, and handshake, each time."""
+    with requests.Session() as session:
+        body = session.get(UPSTREAM, verify=CA, timeout=10).content
+    return _answer(start_response, body)
+
+
+_shared = requests.Session()
+
+
+def shared_session(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """One module-level ``requests.Session`` shared by every thread of the worker."""
+    return _answer(start_response, _shared.get(UPSTREAM, verify=CA, timeout=10).content)
+
+
+# Made at import, in each worker (no --preload): a PoolManager per process.
+_http = urllib3.PoolManager(maxsize=THREADS, ca_certs=CA, timeout=10.0)
+
+
+def bare_urllib3(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """urllib3's own ``PoolManager``, one per process, a connection per thread."""
+    return _answer(start_response, _http.request("GET", UPSTREAM).data)
+
+
+def poolclient_request(environ: WSGIEnvironment,
+                       start_response: StartResponse) -> Iterable[bytes]:
+    """``environ['http.pool'].request()``."""
+    return _answer(start_response, environ["http.pool"].request("GET", UPSTREAM).data)
+
+
+def poolclient_session(environ: WSGIEnvironment,
+                       start_response: StartResponse) -> Iterable[bytes]:
+    """``environ['http.pool'].session()`` taken per request, as a handler would."""
+    with environ["http.pool"].session() as session:
+        body = session.get(UPSTREAM).content
+    return _answer(start_response, body)
+
+
+# name in the report: (app, served under poolclient's hooks)
+CONTENDERS = {
+    "static (no upstream)": ("static", False),
+    "requests Session per request": ("session_per_request", False),
+    "shared requests.Session": ("shared_session", False),
+    "bare urllib3 PoolManager": ("bare_urllib3", False),
+    "poolclient .request()": ("poolclient_request", True),
+    "poolclient .session() per request": ("poolclient_session", True),
+}
+BASELINE = "bare urllib3 PoolManager"

@@ -1,0 +1,28 @@
+"""gunicorn settings shared by every contender of ``python -m bench.run``.
+
+The same workers, threads and worker class for all; no access log (it would cost the same
+for all and measure nothing). ``BENCH_HOOKS=poolclient`` adds poolclient's hooks, exactly as
+the project's ``gunicorn.conf.py`` uses them, for the poolclient contenders only.
+"""
+
+import os
+
+bind = os.environ.get("BENCH_BIND", "127.0.0.1:8100")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread"
+accesslog = None
+errorlog = os.environ.get("BENCH_ERRORLOG", "-")
+loglevel = "warning"
+control_socket_disable = True
+
+if os.environ.get("BENCH_HOOKS") == "poolclient":
+    from poolclient.gunicorn import (  # noqa: F401 - gunicorn reads these names
+        child_exit,
+        on_exit,
+        on_starting,
+        post_fork,
+        post_worker_init,
+        pre_fork,
+        worker_exit,
+    )
