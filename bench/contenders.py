@@ -77,14 +77,3 @@ def poolclient_session(environ: WSGIEnvironment,
         body = session.get(UPSTREAM).content
     return _answer(start_response, body)
 
-
-# name in the report: (app, served under poolclient's hooks)
-CONTENDERS = {
-    "static (no upstream)": ("static", False),
-    "requests Session per request": ("session_per_request", False),
-    "shared requests.Session": ("shared_session", False),
-    "bare urllib3 PoolManager": ("bare_urllib3", False),
-    "poolclient .request()": ("poolclient_request", True),
-    "poolclient .session() per request": ("poolclient_session", True),
-}
-BASELINE = "bare urllib3 PoolManager"

@@ -200,7 +200,7 @@ def plot(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, str], path: Path)
 
 def main(argv: list[str]) -> int:
     """Re-render the report from a ``bench.json`` into a folder."""
-    from bench.contenders import BASELINE
+    from bench.run import BASELINE
 
     source, out = Path(argv[0]), Path(argv[1])
     raw = json.loads(source.read_text())

@@ -43,10 +43,22 @@ from pathlib import Path
 import trustme
 
 from bench import report
-from bench.contenders import BASELINE, CONTENDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS, THREADS, CLIENTS = 2, 4, 16
+
+
+# name in the report: (app in bench/contenders.py, served under poolclient's hooks)
+CONTENDERS = {
+    "static (no upstream)": ("static", False),
+    "requests Session per request": ("session_per_request", False),
+    "shared requests.Session": ("shared_session", False),
+    "bare urllib3 PoolManager": ("bare_urllib3", False),
+    "poolclient .request()": ("poolclient_request", True),
+    "poolclient .session() per request": ("poolclient_session", True),
+}
+BASELINE = "bare urllib3 PoolManager"
+
 
 # Keep-alive long enough for any run: the upstream never closes a connection itself, so
 # every handshake it counts is one the client chose to make.

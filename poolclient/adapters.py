@@ -8,11 +8,15 @@ either object leaves the shared pools open: libraries close their sessions freel
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, select_proxy
+from requests.cookies import cookiejar_from_dict
+from requests.hooks import default_hooks
+from requests.models import DEFAULT_REDIRECT_LIMIT
+from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_headers, select_proxy
 
 from . import retry
 from .pool import CountedPool
@@ -108,23 +112,53 @@ class PoolAdapter(HTTPAdapter):
 
 class PooledSession(requests.Session):
     """A ``requests.Session`` on a registry's pools whose ``request()`` (redirects and the
-    body of a non-streamed response included) has one deadline, ``POOLCLIENT_DEADLINE``."""
+    body of a non-streamed response included) has one deadline, ``POOLCLIENT_DEADLINE``.
 
-    def __init__(self, registry: Registry) -> None:
-        super().__init__()
+    Cheap to make, one per request: it builds no adapter and no ``PoolManager``. Its
+    http:// and https:// share the process's one :class:`PoolAdapter`, which ``close()``
+    leaves open (adapters mounted by the caller are closed as usual).
+    """
+
+    def __init__(self, registry: Registry, adapter: PoolAdapter | None = None) -> None:
+        # requests.Session.__init__ would build two HTTPAdapters, each with a PoolManager,
+        # only for both to be replaced: set what it sets instead (tests/test_adapters.py
+        # checks each attribute against a new requests.Session).
+        self.headers = default_headers()
+        self.auth = None
+        self.proxies = {}
+        self.hooks = default_hooks()
+        self.params = {}
+        self.stream = False
+        self.verify = True
+        self.cert = None
+        self.max_redirects = DEFAULT_REDIRECT_LIMIT
+        self.trust_env = True
+        self.cookies = cookiejar_from_dict({})
+        self.adapters = OrderedDict()
         self.deadline = registry.settings.deadline
-        adapter = PoolAdapter(registry)
-        self.mount("https://", adapter)
-        self.mount("http://", adapter)
+        self.shared_adapter = adapter if adapter is not None else PoolAdapter(registry)
+        self.mount("https://", self.shared_adapter)
+        self.mount("http://", self.shared_adapter)
 
     __attrs__ = [*requests.Session.__attrs__, "deadline"]  # what pickling keeps
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.shared_adapter = self.adapters.get("https://")  # type: ignore[assignment]
 
     def request(self, method: str, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
         with retry.deadline(self.deadline):
             return super().request(method, url, *args, **kwargs)
 
+    def close(self) -> None:
+        """Close the adapters the caller mounted; the shared one stays open."""
+        for adapter in self.adapters.values():
+            if adapter is not self.shared_adapter:
+                adapter.close()
 
-def pooled_session(registry: Registry) -> requests.Session:
-    """A ``requests.Session`` whose http:// and https:// go through ``registry``."""
-    return PooledSession(registry)
+
+def pooled_session(registry: Registry, adapter: PoolAdapter | None = None) -> requests.Session:
+    """A ``requests.Session`` whose http:// and https:// go through ``registry`` (through
+    ``adapter``, a ``PoolAdapter`` of that registry, when given)."""
+    return PooledSession(registry, adapter)

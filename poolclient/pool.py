@@ -281,8 +281,7 @@ class CountedPool(_PoolBase):
         if left is not None:
             if left <= 0:
                 raise retry.DeadlineExceededError(self, url)
-            kwargs["timeout"] = _cut(self._get_timeout(kwargs.get("timeout", self.timeout)),
-                                     left)
+            kwargs["timeout"] = _cut(kwargs.get("timeout", self.timeout), left)
         self.stats.sent(reused=reused)
         if reused and events.isEnabledFor(logging.DEBUG):
             _event("reused", conn, requests=conn.requests_sent + 1,
@@ -367,8 +366,13 @@ def _replayable(method: str, body: object) -> bool:
         body is None or isinstance(body, (bytes, str)))
 
 
-def _cut(timeout: Timeout, left: float) -> Timeout:
-    """``timeout`` with its total (connect plus read, for one attempt) at most ``left``."""
+def _cut(timeout: object, left: float) -> Timeout:
+    """``timeout`` with its total (connect plus read, for one attempt) at most ``left``.
+
+    urlopen passes a ``Timeout`` of its own, read here and never changed, so it is not
+    cloned again as ``_get_timeout`` would."""
+    if not isinstance(timeout, Timeout):
+        timeout = Timeout.from_float(timeout)  # type: ignore[arg-type]
     total = timeout.total if isinstance(timeout.total, (int, float)) else None
     return Timeout(connect=timeout._connect, read=timeout._read,
                    total=left if total is None else min(total, left))

@@ -14,6 +14,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from urllib3 import PoolManager
+from urllib3.connectionpool import port_by_scheme
+from urllib3.exceptions import LocationValueError, URLSchemeUnknown
 from urllib3.poolmanager import SSL_KEYWORDS
 from urllib3.util import Timeout
 
@@ -50,6 +52,8 @@ class _ProcessPools(PoolManager):
         self.pid = os.getpid()
         self.settings = settings
         self.readiness = Readiness()
+        self.adapter: PoolAdapter | None = None  # what every .session() mounts
+        self._keys: dict[tuple[str | None, str | None, int | None], Any] = {}
         redact.install()
         self.pool_classes_by_scheme = {
             "http": CountedHTTPConnectionPool,
@@ -108,13 +112,39 @@ class _ProcessPools(PoolManager):
         # keeps one pool, and one maxsize, per plain-HTTP origin whatever verify= said.
         if scheme == "http" and pool_kwargs:
             pool_kwargs = {k: v for k, v in pool_kwargs.items() if k not in SSL_KEYWORDS}
-        return super().connection_from_host(host, port, scheme, pool_kwargs)
+        if pool_kwargs:
+            return super().connection_from_host(host, port, scheme, pool_kwargs)
+        # Without pool_kwargs (every .request()) the key depends on the origin alone:
+        # remember it rather than merge and normalise some thirty settings per request.
+        origin = (scheme, host, port)
+        key = self._keys.get(origin)
+        if key is not None:
+            with self.pools.lock:
+                pool = self.pools.get(key)  # also refreshes its place in the LRU
+            if pool is not None:
+                return pool
+        if not host:
+            raise LocationValueError("No host specified.")
+        context = self._merge_pool_kwargs(None)
+        context["scheme"] = scheme = (scheme or "http").lower()
+        context["port"] = port_by_scheme.get(scheme, 80) if port is None else port
+        context["host"] = host
+        key_fn = self.key_fn_by_scheme.get(scheme)
+        if key_fn is None:
+            raise URLSchemeUnknown(scheme)
+        key = key_fn(context)
+        if len(self._keys) >= 4 * self.pools._maxsize:  # bounded, like the pools
+            self._keys.clear()
+        self._keys[origin] = key
+        return self.connection_from_pool_key(key, request_context=context)
 
     def close(self) -> None:
         """Close every pool: idle connections now, checked-out ones when returned."""
         for pool in self.live_pools():
             pool.close()
         self.pools.clear()
+        if self.adapter is not None:
+            self.adapter.close()  # its proxy pools; the shared ones are closed above
 
 
 class Registry:
@@ -215,9 +245,12 @@ class Registry:
 
     def session(self) -> requests.Session:
         """A new ``requests.Session`` on the shared pools, with cookies of its own."""
-        from .adapters import pooled_session
+        from .adapters import PoolAdapter, pooled_session
 
-        return pooled_session(self)
+        pools = self._pools()
+        if pools.adapter is None:  # two threads may both build one; either will do
+            pools.adapter = PoolAdapter(self)
+        return pooled_session(self, pools.adapter)
 
     def ready(self) -> tuple[Check, ...]:
         """The ``POOLCLIENT_READY_URLS`` checks, cached for ``POOLCLIENT_READY_CACHE``."""

@@ -149,6 +149,45 @@ def test_a_session_per_request_opens_one_connection(registry, upstream):
     assert (totals["connections_opened"], totals["requests"], totals["reused"]) == (1, 50, 49)
 
 
+def test_a_session_is_a_requests_session_in_everything_but_its_adapters(registry):
+    """Every attribute requests.Session() sets (its __attrs__, what pickling keeps) is
+    equal, and fresh per session, in .session(), which does not run Session.__init__."""
+    plain, pooled, other = requests.Session(), registry.session(), registry.session()
+    for name in requests.Session.__attrs__:
+        if name == "adapters":
+            continue
+        mine, theirs = getattr(pooled, name), getattr(plain, name)
+        if name == "cookies":
+            mine, theirs = (list(mine), type(mine)), (list(theirs), type(theirs))
+        elif name == "hooks":
+            mine, theirs = sorted(mine), sorted(theirs)
+        assert mine == theirs, name
+        if isinstance(getattr(pooled, name), (dict, list)) or name in ("cookies", "headers"):
+            assert getattr(pooled, name) is not getattr(other, name), name
+    assert set(vars(pooled)) ^ set(vars(plain)) == {"deadline", "shared_adapter"}
+
+
+def test_sessions_share_one_adapter_and_build_no_pool_manager(registry, monkeypatch):
+    """.session() per request mounts the process's one PoolAdapter; no HTTPAdapter or
+    PoolManager is constructed for it, and closing it leaves that adapter working."""
+    import urllib3
+
+    from poolclient.adapters import PoolAdapter
+
+    first = registry.session()
+    built: list[str] = []
+    for cls in (requests.adapters.HTTPAdapter, urllib3.PoolManager):
+        init = cls.__init__
+        monkeypatch.setattr(cls, "__init__", lambda self, *a, _init=init, _n=cls.__name__,
+                            **k: (built.append(_n), _init(self, *a, **k))[1])
+    sessions = [registry.session() for _ in range(3)]
+    first.close()
+    assert built == []
+    adapters = {id(a) for s in [first, *sessions] for a in s.adapters.values()}
+    assert len(adapters) == 1
+    assert isinstance(sessions[0].adapters["https://"], PoolAdapter)
+
+
 def test_request_without_timeout_gets_the_registrys_read_timeout(upstream):
     """read_timeout=0.5 applies to a session request given no timeout: /slow?seconds=2
     fails with a read timeout well before the upstream answers."""

@@ -1,0 +1,100 @@
+"""CPU per request of each contender's request path, in one process, without gunicorn or wrk.
+
+Use it to find what a change costs before ``make bench`` measures it under load: each
+contender app (the poolclient ones wrapped in the middleware, as the gunicorn hooks wrap
+them, with multiprocess metrics on, as under gunicorn) is called from one thread against
+the same nginx TLS upstream as the benchmark, and the process's CPU time is divided by the
+calls. ``--profile NAME`` prints where one contender's time goes (cProfile, by own time).
+
+    python -m bench.profile [--calls 3000] [--profile 'poolclient .request()']
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return None
+
+
+def _environ() -> dict[str, Any]:
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=3000, help="calls per sample")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--profile", help="a contender to profile instead")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="poolclient-profile-") as tmp:
+        work = Path(tmp)
+        (work / "metrics").mkdir()
+        # Before anything imports prometheus-client: the values go to files, as under
+        # gunicorn's hooks.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
+        from bench.run import nginx_upstream
+
+        with nginx_upstream(work) as upstream:
+            os.environ.update(BENCH_UPSTREAM=upstream.url, BENCH_CA=upstream.ca,
+                              POOLCLIENT_CA_BUNDLE=upstream.ca)
+            return _measure(args)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    import poolclient
+    from bench import contenders  # reads the upstream from the environment
+    from bench.run import BASELINE, CONTENDERS
+
+    poolclient.configure(default_maxsize=4)
+    names = [args.profile] if args.profile else list(CONTENDERS)
+    apps = {}
+    for name in names:
+        attr, hooked = CONTENDERS[name]
+        app = getattr(contenders, attr)
+        apps[name] = poolclient.PoolClientMiddleware(app) if hooked else app
+
+    def call(app: Any) -> None:
+        for chunk in app(_environ(), _start_response):
+            assert chunk
+
+    for app in apps.values():  # connect, warm caches
+        for _ in range(50):
+            call(app)
+    if args.profile:
+        profiler = cProfile.Profile()
+        app = apps[args.profile]
+        profiler.enable()
+        for _ in range(args.calls):
+            call(app)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+        return 0
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    for _ in range(args.samples):  # interleaved, as the load benchmark is
+        for name, app in apps.items():
+            started = time.process_time()
+            for _ in range(args.calls):
+                call(app)
+            samples[name].append((time.process_time() - started) / args.calls * 1e6)
+    base = statistics.median(samples[BASELINE])
+    print(f"CPU per request, median of {args.samples} x {args.calls} calls (one thread):")
+    for name, values in samples.items():
+        us = statistics.median(values)
+        print(f"  {name:36} {us:8.1f} us   {us / base:5.2f}x bare urllib3")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
