@@ -20,22 +20,24 @@ run: $(VENV)/.installed-demo
 test: lint $(VENV)/wheelhouse tools
 	$(BIN)/python -m pytest
 
-# System tools tests/test_deploy.py checks deploy/ with, from Debian's packages if missing.
+# System tools, from Debian's packages if missing: tests/test_deploy.py checks deploy/ with
+# nginx and systemd-analyze; make bench and tests/test_bench.py load with wrk.
 tools:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
 	  apt-get install -y -q nginx-light >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q nginx-light >/dev/null)
 	@command -v systemd-analyze >/dev/null || apt-get install -y -q systemd >/dev/null
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
 
 ## make bench: the contenders under load, then the microbenchmarks; writes docs/bench.* and
 ## docs/micro.md and the README's table (ROUNDS=5 DURATION=10 by default)
 ROUNDS   ?= 5
 DURATION ?= 10
 bench: $(VENV)/.installed-bench tools
-	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \
-	  (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
 	BENCH_COMMAND='make bench ROUNDS=$(ROUNDS) DURATION=$(DURATION)' \
 	  $(BIN)/python -m bench.run --rounds $(ROUNDS) --duration $(DURATION)
+	$(BIN)/python bench/micro/report.py
 
 # Wheels of every runtime dependency and extra, so that tests/test_packaging.py installs
 # the built wheel into clean venvs offline.
@@ -46,7 +48,7 @@ $(VENV)/wheelhouse: pyproject.toml $(VENV)/.installed-test
 	rm -rf $@ && mv $@.tmp $@
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check poolclient app tests gunicorn.conf.py
+	$(BIN)/ruff check poolclient app tests bench gunicorn.conf.py
 	$(BIN)/mypy
 
 clean:

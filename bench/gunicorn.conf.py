@@ -11,6 +11,11 @@ bind = os.environ.get("BENCH_BIND", "127.0.0.1:8100")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
+# No keep-alive from wrk to gunicorn: a kept-alive client stays with the worker that
+# accepted it, and 16 of them can land 12 on one worker and 4 on the other (seen here: half
+# the req/s and half the upstream connections in such a run). A connection per request
+# spreads the load evenly and costs every contender the same.
+keepalive = 0
 accesslog = None
 errorlog = os.environ.get("BENCH_ERRORLOG", "-")
 loglevel = "warning"

@@ -206,6 +206,9 @@ def nginx_upstream(directory: Path) -> Iterator[Nginx]:
         if proc.poll() is not None:
             raise SystemExit(f"bench: nginx exited: {proc.stderr.read().decode()}"  # type: ignore[union-attr]
                              )
+        # nginx logs a request after answering it: wait for the probe's line, or it would
+        # count in the first run.
+        wait_until(lambda: upstream.log_size() > 0, 15, "nginx's access log")
         yield upstream
     finally:
         proc.terminate()
