@@ -37,6 +37,7 @@ from urllib3.util import Timeout
 from . import metrics, retry
 from .errors import PoolClientError
 from .stats import PoolSnapshot, PoolStats
+from .tls import ResumingConnection, ResumingPool
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
@@ -114,7 +115,7 @@ class _CountedHTTPConnection(_CountsConnects, HTTPConnection):
     pass
 
 
-class _CountedHTTPSConnection(_CountsConnects, HTTPSConnection):
+class _CountedHTTPSConnection(_CountsConnects, ResumingConnection, HTTPSConnection):
     pass
 
 
@@ -334,8 +335,9 @@ class CountedHTTPConnectionPool(CountedPool, HTTPConnectionPool):
     ConnectionCls = _CountedHTTPConnection
 
 
-class CountedHTTPSConnectionPool(CountedPool, HTTPSConnectionPool):
-    """An ``HTTPSConnectionPool`` whose connections, waits and requests are counted."""
+class CountedHTTPSConnectionPool(CountedPool, ResumingPool, HTTPSConnectionPool):
+    """An ``HTTPSConnectionPool`` whose connections, waits and requests are counted, and
+    which reconnects with one ``SSLContext`` and the last TLS session (see :mod:`.tls`)."""
 
     ConnectionCls = _CountedHTTPSConnection
 
