@@ -206,15 +206,16 @@ class CountedPool(_PoolBase):
             self.stats.failed("pool_timeout")
             waited = round(time.monotonic() - started, 3)
             raise PoolTimeoutError(self, _origin(self), self.stats.maxsize, waited) from None
-        self.stats.checked_out(time.monotonic() - started)
+        now = time.monotonic()
+        self.stats.checked_out(now - started)
         if conn is None:
             return conn
-        now = time.monotonic()
         if conn.is_closed:
             if conn.open_at_checkout and events.isEnabledFor(logging.DEBUG):
                 _event("dropped", conn, idle_s=round(now - conn.idle_since, 3))
-        elif (not self._retire_if_old(conn, now) and self.idle_timeout is not None
-              and now - conn.idle_since >= self.idle_timeout):
+        elif self._too_old(conn, now):
+            self._retire(conn, now)
+        elif self.idle_timeout is not None and now - conn.idle_since >= self.idle_timeout:
             conn.close()
             self.stats.expired_one()
             if events.isEnabledFor(logging.DEBUG):
@@ -224,23 +225,23 @@ class CountedPool(_PoolBase):
     def _put_conn(self, conn: Any) -> None:
         if conn is not None:
             now = time.monotonic()
-            if not conn.is_closed:
-                self._retire_if_old(conn, now)  # after its request, before the next one
+            if not conn.is_closed and self._too_old(conn, now):
+                self._retire(conn, now)  # after its request, before the next one
             conn.idle_since = now
         try:
             super()._put_conn(conn)
         finally:
             self.stats.checked_in()
 
-    def _retire_if_old(self, conn: Any, now: float) -> bool:
-        """Close an open ``conn`` older than ``max_lifetime``; whether it was."""
-        if self.max_lifetime is None or now - conn.connected_at < self.max_lifetime:
-            return False
+    def _too_old(self, conn: Any, now: float) -> bool:
+        return self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime
+
+    def _retire(self, conn: Any, now: float) -> None:
+        """Close ``conn``, older than ``max_lifetime``."""
         conn.close()
         self.stats.retired_one()
         if events.isEnabledFor(logging.DEBUG):
             _event("retired", conn, age_s=round(now - conn.connected_at, 3))
-        return True
 
     def _idle(self) -> int:
         q = self.pool  # None once closed
@@ -283,7 +284,6 @@ class CountedPool(_PoolBase):
             if left <= 0:
                 raise retry.DeadlineExceededError(self, url)
             kwargs["timeout"] = _cut(kwargs.get("timeout", self.timeout), left)
-        self.stats.sent(reused=reused)
         if reused and events.isEnabledFor(logging.DEBUG):
             _event("reused", conn, requests=conn.requests_sent + 1,
                    idle_s=round(time.monotonic() - conn.idle_since, 3))
@@ -292,12 +292,14 @@ class CountedPool(_PoolBase):
         try:
             return super()._make_request(conn, method, url, *args, **kwargs)
         finally:
-            self.stats.took(time.monotonic() - started)
+            self.stats.attempted(reused, time.monotonic() - started)
 
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
         # Every attempt, retries and redirects included, comes through here: start the
         # deadline if the caller did not, and cut the pool wait to what is left of it.
-        with retry.deadline(self.deadline):
+        # (begin and end, not ``with retry.deadline``: this runs for every request.)
+        started = retry.begin(self.deadline)
+        try:
             left = retry.remaining()
             if left is not None:
                 if left <= 0:
@@ -322,6 +324,9 @@ class CountedPool(_PoolBase):
                     raise
                 cause = exc.reason if isinstance(exc, MaxRetryError) else exc
                 raise retry.DeadlineExceededError(self, url, cause) from exc
+        finally:
+            if started is not None:
+                retry.end(started)
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""

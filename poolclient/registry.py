@@ -227,8 +227,12 @@ class Registry:
         :raises DeadlineExceededError: a ``ReadTimeoutError``, when the deadline passed.
         """
         pools = self._pools()
-        with retry.deadline(deadline if deadline is not None else self.settings.deadline):
+        started = retry.begin(deadline if deadline is not None else self.settings.deadline)
+        try:
             return pools.request(method, url, **kw)
+        finally:
+            if started is not None:
+                retry.end(started)
 
     def connection_from_host(
         self, host: str, port: int | None = None, scheme: str = "http",

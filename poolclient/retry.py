@@ -74,13 +74,25 @@ class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds):``
         self._token: Token[float | None] | None = None
 
     def __enter__(self) -> None:
-        if self.seconds is not None and _deadline.get() is None:
-            self._token = _deadline.set(time.monotonic() + self.seconds)
+        self._token = begin(self.seconds)
 
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
-            _deadline.reset(self._token)
+            end(self._token)
             self._token = None
+
+
+def begin(seconds: float | None) -> Token[float | None] | None:
+    """Start a deadline ``seconds`` from now unless one is running (or ``seconds`` is
+    ``None``); what :func:`end` takes, ``None`` when nothing was started."""
+    if seconds is None or _deadline.get() is not None:
+        return None
+    return _deadline.set(time.monotonic() + seconds)
+
+
+def end(started: Token[float | None]) -> None:
+    """End the deadline :func:`begin` started."""
+    _deadline.reset(started)
 
 
 def remaining() -> float | None:

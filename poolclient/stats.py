@@ -105,18 +105,16 @@ class PoolStats:
         if self.sink is not None:
             self.sink.opened()
 
-    def sent(self, *, reused: bool) -> None:
-        """A request went out, on a connection that had carried one before if ``reused``."""
+    def attempted(self, reused: bool, seconds: float) -> None:
+        """A request went out, on a connection that had carried one before if ``reused``,
+        and its attempt ended (answered or failed) after ``seconds``. One call, and one
+        lock, per attempt: this is the request path."""
         with self._lock:
             self._requests += 1
             self._reused += reused
-        if self.sink is not None:
-            self.sink.sent(reused)
-
-    def took(self, seconds: float) -> None:
-        """A request attempt ended (answered or failed) after ``seconds``."""
         timing.record(seconds)
         if self.sink is not None:
+            self.sink.sent(reused)
             self.sink.took(seconds)
 
     def checked_out(self, waited: float = 0.0) -> None:

@@ -310,7 +310,8 @@ class ResumingConnection(_ConnectionBase):
 
     def getresponse(self) -> HTTPResponse:  # type: ignore[override]  # as urllib3's
         response = super().getresponse()
-        self._read_session()
+        if self._tls_unread is not None:  # only the first response after a connect
+            self._read_session()
         return response
 
     def close(self) -> None:
