@@ -22,11 +22,10 @@ import bisect
 import importlib.util
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .stats import EventSink
+    from .stats import Batch, EventSink
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LABELS = ("scheme", "host", "port")
@@ -37,9 +36,6 @@ INSTALL_HINT = "/metrics needs prometheus-client: pip install 'poolclient[promet
 WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0, 30.0)
-
-# Under load, the longest a pool's per-request counts wait before they reach the files.
-FLUSH_EVERY = 1.0
 
 _families: dict[str, Any] | None = None
 _local_registry: Any = None
@@ -104,15 +100,8 @@ def _get_families() -> dict[str, Any]:
 
 class PrometheusSink:
     """One pool's :class:`~poolclient.stats.EventSink`: its labelled children, looked up
-    once.
-
-    The events of every request (sent, took, checked out and in, idle) are tallied here
-    and written to prometheus-client in one batch: each write is a lock and, under
-    gunicorn, an mmap store, and a request makes ten of them. A batch is written whenever
-    no connection of the pool is in use, so the values are exact whenever the pool is
-    quiet, and at least every :data:`FLUSH_EVERY` seconds under load. Rare events
-    (connections opened and closed, errors, waits, retries) are written at once.
-    """
+    once, and each batch written in as few writes as it can be (each is a lock and, under
+    gunicorn, an mmap store)."""
 
     def __init__(self, families: dict[str, Any], labels: tuple[str, str, str]) -> None:
         self._requests = families["requests"].labels(*labels)
@@ -126,42 +115,23 @@ class PrometheusSink:
         self._waits = families["waits"].labels(*labels)
         self._idle = families["connections"].labels(*labels, "idle")
         self._in_use = families["connections"].labels(*labels, "in_use")
-        self._wait = _Tally(families["wait"].labels(*labels), WAIT_BUCKETS)
-        self._duration = _Tally(families["duration"].labels(*labels), DURATION_BUCKETS)
-        self._lock = threading.Lock()
-        self._in_use_now = 0  # the pool's, to know when it is quiet
-        self._pending = [0, 0, 0, 0]  # requests, reused, in_use delta, idle delta
-        self._next_flush = 0.0
+        self._wait = families["wait"].labels(*labels)
+        self._duration = families["duration"].labels(*labels)
+
+    def publish(self, batch: Batch) -> None:
+        if batch.requests:
+            self._requests.inc(batch.requests)
+        if batch.reused:
+            self._reused.inc(batch.reused)
+        if batch.in_use:
+            self._in_use.inc(batch.in_use)
+        if batch.idle:
+            self._idle.inc(batch.idle)
+        _observe_all(self._wait, batch.waits)
+        _observe_all(self._duration, batch.durations)
 
     def opened(self) -> None:
         self._opened.inc()
-
-    def sent(self, reused: bool) -> None:
-        with self._lock:
-            self._pending[0] += 1
-            self._pending[1] += reused
-
-    def took(self, seconds: float) -> None:
-        with self._lock:
-            self._duration.add(seconds)
-
-    def checked_out(self, waited: float) -> None:
-        with self._lock:
-            self._wait.add(waited)
-            self._in_use_now += 1
-            self._pending[2] += 1
-
-    def checked_in(self) -> None:
-        with self._lock:
-            self._in_use_now -= 1
-            self._pending[2] -= 1
-        self._flush_if_due()
-
-    def idle(self, delta: int) -> None:
-        with self._lock:
-            self._pending[3] += delta
-        if delta > 0:  # a return, which may leave the pool quiet; a checkout never does
-            self._flush_if_due()
 
     def failed(self, kind: str) -> None:
         self._errors.labels(*self._labels, kind).inc()
@@ -175,67 +145,26 @@ class PrometheusSink:
     def waited(self) -> None:
         self._waits.inc()
 
-    def _flush_if_due(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._in_use_now > 0 and now < self._next_flush:
-                return
-            self._next_flush = now + FLUSH_EVERY
-            (requests, reused, in_use, idle), self._pending = self._pending, [0, 0, 0, 0]
-            wait, duration = self._wait.take(), self._duration.take()
-        # Written outside the lock (no thread waits on prometheus-client's I/O); each
-        # write adds, so concurrent batches commute.
-        if requests:
-            self._requests.inc(requests)
-        if reused:
-            self._reused.inc(reused)
-        if in_use:
-            self._in_use.inc(in_use)
-        if idle:
-            self._idle.inc(idle)
-        self._wait.write(wait)
-        self._duration.write(duration)
 
+def _observe_all(child: Any, values: list[float]) -> None:
+    """``child.observe(v)`` for each value, in one write per bucket used and one for the sum.
 
-class _Tally:
-    """Observations of one histogram child, counted per bucket until written.
-
-    Writing a batch needs the child's own bucket values, which prometheus-client keeps in
+    That needs the child's own values, which prometheus-client keeps in ``_upper_bounds``,
     ``_buckets`` and ``_sum`` (the layout of every release since 0.4); where they are
-    missing the observations are replayed through ``observe()``, which is only slower.
+    missing each value goes through ``observe()``, which is only slower.
     """
-
-    def __init__(self, child: Any, bounds: tuple[float, ...]) -> None:
-        self.child = child
-        self.bounds = (*bounds, float("inf"))
-        self.direct = (len(getattr(child, "_buckets", ())) == len(self.bounds)
-                       and hasattr(child, "_sum"))
-        self.counts = [0] * len(self.bounds)
-        self.values: list[float] = []
-        self.sum = 0.0
-
-    def add(self, value: float) -> None:
-        if self.direct:
-            self.counts[bisect.bisect_left(self.bounds, value)] += 1
-            self.sum += value
-        else:
-            self.values.append(value)
-
-    def take(self) -> tuple[list[int], list[float], float]:
-        taken = (self.counts, self.values, self.sum)
-        self.counts, self.values, self.sum = [0] * len(self.bounds), [], 0.0
-        return taken
-
-    def write(self, taken: tuple[list[int], list[float], float]) -> None:
-        counts, values, total = taken
+    if len(values) < 2 or not hasattr(child, "_sum"):
         for value in values:
-            self.child.observe(value)
-        if not any(counts):
-            return
-        for bucket, n in zip(self.child._buckets, counts, strict=True):
-            if n:
-                bucket.inc(n)
-        self.child._sum.inc(total)
+            child.observe(value)
+        return
+    bounds, buckets = child._upper_bounds, child._buckets
+    counts = [0] * len(buckets)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1
+    for bucket, n in zip(buckets, counts, strict=True):
+        if n:
+            bucket.inc(n)
+    child._sum.inc(sum(values))
 
 
 def pool_sink(scheme: str, host: str, port: int) -> EventSink | None:

@@ -253,7 +253,7 @@ class CountedPool(_PoolBase):
         # pre-connect.
         reused = not conn.is_closed
         try:
-            return self._attempt(conn, method, url, reused, *args, **kwargs)
+            return self._attempt(conn, method, url, reused, args, kwargs)
         except _NO_RESPONSE as exc:
             if not (reused and not args and _replayable(method, kwargs.get("body"))
                     and _retries_allowed(kwargs.get("retries"))):
@@ -270,15 +270,19 @@ class CountedPool(_PoolBase):
             self.stats.failed(error_kind(exc))
             raise
         try:
-            return self._attempt(conn, method, url, False, **kwargs)
+            return self._attempt(conn, method, url, False, (), kwargs)
         except BaseException as exc:
             self.stats.failed(error_kind(exc))
             raise
 
-    def _attempt(self, conn: Any, method: str, url: str, reused: bool, *args: Any,
-                 **kwargs: Any) -> BaseHTTPResponse:
+    def _attempt(self, conn: Any, method: str, url: str, reused: bool, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> BaseHTTPResponse:
         """One request on ``conn``, its timeouts cut to what is left of the deadline (cut
-        here, not in urlopen, so the pool wait and an earlier attempt count against it)."""
+        here, not in urlopen, so the pool wait and an earlier attempt count against it).
+
+        ``args`` and ``kwargs`` are ``_make_request``'s own, passed as they are rather
+        than unpacked and packed again; a retry finds the first attempt's cut timeout in
+        ``kwargs`` and cuts it again, to less."""
         left = retry.remaining()
         if left is not None:
             if left <= 0:

@@ -1,15 +1,21 @@
 """Counters for one pool, and the frozen snapshots that leave the process.
 
 The pool classes in :mod:`poolclient.pool` call one method here per event; nothing here
-knows about urllib3, sockets or locks other than its own. Each event is also passed on to
-an optional :class:`EventSink` (the Prometheus metrics of :mod:`poolclient.metrics`), after
-the lock is released.
+knows about urllib3, sockets or locks other than its own. The events also reach an optional
+:class:`EventSink` (the Prometheus metrics of :mod:`poolclient.metrics`), always after the
+lock is released: rare ones (connections opened and closed, errors, waits, retries) one by
+one, and those of every request as a :class:`Batch`, handed over whenever no connection of
+the pool is in use, and at least every :data:`PUBLISH_EVERY` seconds under load. A sink's
+values are therefore exact whenever its pool is quiet, and the request path pays for the
+sink only in the lock it takes anyway.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from . import timing
@@ -53,15 +59,28 @@ class RegistrySnapshot:
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
+# Under load, the longest a pool's per-request counts wait before its sink has them.
+PUBLISH_EVERY = 1.0
+
+
+@dataclass
+class Batch:
+    """What the requests of one pool did since the last batch: counts, the gauges' moves,
+    and each wait for a connection and each attempt's duration, in seconds."""
+
+    requests: int = 0
+    reused: int = 0
+    in_use: int = 0
+    idle: int = 0
+    waits: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+
+
 class EventSink(Protocol):
     """Where a pool's events go besides its own counters (one sink per pool)."""
 
+    def publish(self, batch: Batch) -> None: ...
     def opened(self) -> None: ...
-    def sent(self, reused: bool) -> None: ...
-    def took(self, seconds: float) -> None: ...
-    def checked_out(self, waited: float) -> None: ...
-    def checked_in(self) -> None: ...
-    def idle(self, delta: int) -> None: ...
     def failed(self, kind: str) -> None: ...
     def closed(self, reason: str) -> None: ...
     def retried(self) -> None: ...
@@ -89,6 +108,9 @@ class PoolStats:
         self._expired = 0
         self._retired = 0
         self._retried = 0
+        self._batch = Batch()  # for the sink; only filled when there is one
+        self._idle_moves: deque[int] = deque()
+        self._publish_at = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -112,30 +134,48 @@ class PoolStats:
         with self._lock:
             self._requests += 1
             self._reused += reused
+            if self.sink is not None:
+                batch = self._batch
+                batch.requests += 1
+                batch.reused += reused
+                batch.durations.append(seconds)
         timing.record(seconds)
-        if self.sink is not None:
-            self.sink.sent(reused)
-            self.sink.took(seconds)
 
     def checked_out(self, waited: float = 0.0) -> None:
         """A caller got a connection after waiting ``waited`` seconds."""
         with self._lock:
             self._in_use += 1
-        if self.sink is not None:
-            self.sink.checked_out(waited)
+            if self.sink is not None:
+                self._batch.in_use += 1
+                self._batch.waits.append(waited)
 
     def checked_in(self) -> None:
+        """A connection came back (after its idle move, if any): the moment a batch is
+        handed to the sink, when the pool is quiet or the last batch is old enough."""
+        if self.sink is None:
+            with self._lock:
+                self._in_use -= 1
+            return
+        now = time.monotonic()
         with self._lock:
             self._in_use -= 1
-        if self.sink is not None:
-            self.sink.checked_in()
+            self._batch.in_use -= 1
+            if self._in_use > 0 and now < self._publish_at:
+                return
+            self._publish_at = now + PUBLISH_EVERY
+            batch, self._batch = self._batch, Batch()
+        moves = self._idle_moves
+        while moves:
+            batch.idle += moves.popleft()
+        self.sink.publish(batch)
 
     def idle_changed(self, delta: int) -> None:
         """An open connection entered (+1) or left (-1) the idle queue. Only the sink keeps
-        this (as increments, which commute, so concurrent events never leave it stale);
-        snapshots read idle from the queue itself."""
+        this (as increments, which commute, so concurrent batches never leave it stale);
+        snapshots read idle from the queue itself. No lock: ``deque.append`` and
+        ``popleft`` are atomic, and this runs twice per request."""
         if self.sink is not None:
-            self.sink.idle(delta)
+            self._idle_moves.append(delta)
 
     def waited(self) -> None:
         """A caller found every connection in use and had to wait."""

@@ -14,6 +14,7 @@ import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolclient import PoolClientMiddleware, Registry, Settings, metrics
+from poolclient.stats import PoolStats
 from tests.helpers import Upstream, health_by_worker, load, wait_for
 
 
@@ -40,34 +41,87 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "metrics.txt")
 
 
 def test_golden_text_in_process():
-    """A known sequence of pool events renders exactly the lines of tests/golden/metrics.txt
-    (checked by hand: 3 requests, 1 reused, 1 retried, 2 connections, 1 expired, waits of 0
-    and 0.75 s, one 20 ms request, one timeout, 1 idle and 0 in use at the end)."""
+    """A known sequence of pool events, through PoolStats as the pools report them, renders
+    exactly the lines of tests/golden/metrics.txt (checked by hand: 3 requests, 1 reused,
+    1 retried, 2 connections, 1 expired, waits of 0 and 0.75 s, requests of 20 ms, 3 ms
+    and 0.2 s, one timeout, 1 idle and 0 in use at the end)."""
     sink = metrics.pool_sink("https", "golden.example", 443)
     assert sink is not None
-    sink.opened()
-    sink.sent(False)
-    sink.sent(True)
-    sink.checked_out(0.0)
-    sink.took(0.02)
-    sink.checked_in()
-    sink.idle(+1)
-    sink.waited()
-    sink.checked_out(0.75)
-    sink.idle(-1)
-    sink.failed("timeout")
-    sink.closed("expired")
-    sink.retried()
-    sink.opened()
-    sink.sent(False)
-    sink.checked_in()
-    sink.idle(+1)
+    stats = PoolStats(4, sink)
+    stats.opened()
+    stats.checked_out(0.0)
+    stats.attempted(False, 0.02)
+    stats.idle_changed(+1)
+    stats.checked_in()
+    stats.waited()
+    stats.checked_out(0.75)
+    stats.idle_changed(-1)
+    stats.attempted(True, 0.003)
+    stats.failed("timeout")
+    stats.expired_one()
+    stats.retried_one()
+    stats.opened()
+    stats.attempted(False, 0.2)
+    stats.idle_changed(+1)
+    stats.checked_in()
     body, ctype = metrics.render()
     assert ctype.startswith("text/plain; version=")
     lines = sorted(line for line in body.decode().splitlines()
                    if 'host="golden.example"' in line and "_created" not in line)
     with open(GOLDEN) as f:
         assert lines == f.read().splitlines()
+
+
+class _Recorder:
+    """A sink that keeps the batches it is given."""
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def publish(self, batch) -> None:
+        self.batches.append(batch)
+
+    def opened(self) -> None: ...
+    def failed(self, kind: str) -> None: ...
+    def closed(self, reason: str) -> None: ...
+    def retried(self) -> None: ...
+    def waited(self) -> None: ...
+
+
+def test_requests_reach_the_sink_when_the_pool_is_quiet_or_a_second_passed(monkeypatch):
+    """Batches: none while a connection is in use and the last one is less than
+    PUBLISH_EVERY old; one when the pool is quiet; one when that time has passed; their
+    sum is every event."""
+    from poolclient import stats as stats_module
+
+    clock = [100.0]
+    monkeypatch.setattr(stats_module.time, "monotonic", lambda: clock[0])
+    sink = _Recorder()
+    stats = PoolStats(4, sink)
+    stats.checked_out(0.0)
+    stats.checked_out(0.5)
+    stats.attempted(False, 0.01)
+    stats.checked_in()  # the first return publishes: nothing was ever published
+    assert len(sink.batches) == 1
+    stats.checked_out(0.0)
+    stats.attempted(True, 0.02)
+    stats.idle_changed(+1)
+    stats.checked_in()  # two still in use, published 0 s ago
+    assert len(sink.batches) == 1
+    clock[0] += stats_module.PUBLISH_EVERY
+    stats.checked_out(0.0)
+    stats.attempted(True, 0.03)
+    stats.checked_in()  # still one in use, but a second has passed
+    assert len(sink.batches) == 2
+    stats.idle_changed(-1)
+    stats.checked_in()  # quiet
+    assert len(sink.batches) == 3
+    assert sum(b.requests for b in sink.batches) == 3
+    assert sum(b.reused for b in sink.batches) == 2
+    assert sum(b.in_use for b in sink.batches) == 0
+    assert sum(b.idle for b in sink.batches) == 0
+    assert sorted(w for b in sink.batches for w in b.waits) == [0.0, 0.0, 0.0, 0.5]
+    assert sorted(d for b in sink.batches for d in b.durations) == [0.01, 0.02, 0.03]
 
 
 def test_every_family_has_help_and_type():
