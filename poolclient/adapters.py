@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.cookies import cookiejar_from_dict
+from requests.cookies import RequestsCookieJar
 from requests.hooks import default_hooks
 from requests.models import DEFAULT_REDIRECT_LIMIT
 from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_headers, select_proxy
@@ -99,9 +99,13 @@ class PoolAdapter(HTTPAdapter):
         settings = self.registry.settings
         if timeout is None:
             timeout = (settings.connect_timeout, settings.read_timeout)
-        with retry.deadline(settings.deadline):
+        started = retry.begin(settings.deadline)  # none when the session began one
+        try:
             return super().send(request, stream=stream, timeout=timeout, verify=verify,
                                 cert=cert, proxies=proxies)
+        finally:
+            if started is not None:
+                retry.end(started)
 
     def close(self) -> None:
         """Close the proxy pools this adapter made; the shared pools stay open."""
@@ -133,12 +137,12 @@ class PooledSession(requests.Session):
         self.cert = None
         self.max_redirects = DEFAULT_REDIRECT_LIMIT
         self.trust_env = True
-        self.cookies = cookiejar_from_dict({})
-        self.adapters = OrderedDict()
+        self.cookies = RequestsCookieJar()
         self.deadline = registry.settings.deadline
         self.shared_adapter = adapter if adapter is not None else PoolAdapter(registry)
-        self.mount("https://", self.shared_adapter)
-        self.mount("http://", self.shared_adapter)
+        # What mount("https://"), then mount("http://") make.
+        self.adapters = OrderedDict(
+            (("https://", self.shared_adapter), ("http://", self.shared_adapter)))
 
     __attrs__ = [*requests.Session.__attrs__, "deadline"]  # what pickling keeps
 
@@ -148,8 +152,12 @@ class PooledSession(requests.Session):
 
     def request(self, method: str, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
-        with retry.deadline(self.deadline):
+        started = retry.begin(self.deadline)
+        try:
             return super().request(method, url, *args, **kwargs)
+        finally:
+            if started is not None:
+                retry.end(started)
 
     def close(self) -> None:
         """Close the adapters the caller mounted; the shared one stays open."""

@@ -53,7 +53,7 @@ class _ProcessPools(PoolManager):
         self.settings = settings
         self.readiness = Readiness()
         self.adapter: PoolAdapter | None = None  # what every .session() mounts
-        self._keys: dict[tuple[str | None, str | None, int | None], Any] = {}
+        self._keys: dict[tuple[Any, ...], Any] = {}  # connection_from_host's arguments
         redact.install()
         self.pool_classes_by_scheme = {
             "http": CountedHTTPConnectionPool,
@@ -112,12 +112,13 @@ class _ProcessPools(PoolManager):
         # keeps one pool, and one maxsize, per plain-HTTP origin whatever verify= said.
         if scheme == "http" and pool_kwargs:
             pool_kwargs = {k: v for k, v in pool_kwargs.items() if k not in SSL_KEYWORDS}
-        if pool_kwargs:
-            return super().connection_from_host(host, port, scheme, pool_kwargs)
-        # Without pool_kwargs (every .request()) the key depends on the origin alone:
+        # The key depends only on these arguments (the manager's own settings never change):
         # remember it rather than merge and normalise some thirty settings per request.
-        origin = (scheme, host, port)
-        key = self._keys.get(origin)
+        try:
+            asked = (scheme, host, port, tuple(pool_kwargs.items()) if pool_kwargs else ())
+            key = self._keys.get(asked)
+        except TypeError:  # an unhashable setting: no shortcut
+            return super().connection_from_host(host, port, scheme, pool_kwargs)
         if key is not None:
             with self.pools.lock:
                 pool = self.pools.get(key)  # also refreshes its place in the LRU
@@ -125,7 +126,7 @@ class _ProcessPools(PoolManager):
                 return pool
         if not host:
             raise LocationValueError("No host specified.")
-        context = self._merge_pool_kwargs(None)
+        context = self._merge_pool_kwargs(pool_kwargs)
         context["scheme"] = scheme = (scheme or "http").lower()
         context["port"] = port_by_scheme.get(scheme, 80) if port is None else port
         context["host"] = host
@@ -135,7 +136,7 @@ class _ProcessPools(PoolManager):
         key = key_fn(context)
         if len(self._keys) >= 4 * self.pools._maxsize:  # bounded, like the pools
             self._keys.clear()
-        self._keys[origin] = key
+        self._keys[asked] = key
         return self.connection_from_pool_key(key, request_context=context)
 
     def close(self) -> None:

@@ -165,6 +165,7 @@ def test_a_session_is_a_requests_session_in_everything_but_its_adapters(registry
         if isinstance(getattr(pooled, name), (dict, list)) or name in ("cookies", "headers"):
             assert getattr(pooled, name) is not getattr(other, name), name
     assert set(vars(pooled)) ^ set(vars(plain)) == {"deadline", "shared_adapter"}
+    assert list(pooled.adapters) == list(plain.adapters)  # the order requests matches in
 
 
 def test_sessions_share_one_adapter_and_build_no_pool_manager(registry, monkeypatch):
