@@ -276,6 +276,22 @@ def test_request_and_session_share_one_pool_per_origin(registry, upstream):
     assert len(upstream.stats()["connections"]) == 1
 
 
+def test_pool_keys_are_worked_out_once_per_origin_and_settings(registry, upstream):
+    """Repeated calls find their pool without urllib3's key normaliser: once for
+    .request(), once for requests' (other) pool settings, then never again."""
+    pools = registry._pools()
+    made = []
+    normalise = pools.key_fn_by_scheme["https"]
+    pools.key_fn_by_scheme["https"] = lambda context: made.append(1) or normalise(context)
+    for i in range(5):
+        assert registry.request("GET", f"{upstream.url}/{i}").status == 200
+        with registry.session() as session:
+            assert session.get(f"{upstream.url}/s{i}").status_code == 200
+    assert len(made) == 2
+    assert len(registry.stats().pools) == 1
+    assert len(upstream.stats()["connections"]) == 1
+
+
 def test_plain_http_origin_has_one_pool_whatever_verify_says():
     """For http:// the TLS arguments requests adds never split one origin into several pools."""
     import http.server
