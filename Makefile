@@ -31,12 +31,13 @@ tools:
 	  (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
 
 ## make bench: the contenders under load, then the microbenchmarks; writes docs/bench.* and
-## docs/micro.md and the README's table (ROUNDS=5 DURATION=10 by default)
+## docs/handshake.md, docs/micro.md and the README's table (ROUNDS=5 DURATION=10 by default)
 ROUNDS   ?= 5
 DURATION ?= 10
 bench: $(VENV)/.installed-bench tools
 	BENCH_COMMAND='make bench ROUNDS=$(ROUNDS) DURATION=$(DURATION)' \
 	  $(BIN)/python -m bench.run --rounds $(ROUNDS) --duration $(DURATION)
+	BENCH_COMMAND='make bench' $(BIN)/python -m bench.handshake --out docs/handshake.md
 	$(BIN)/python bench/micro/report.py
 
 # Wheels of every runtime dependency and extra, so that tests/test_packaging.py installs

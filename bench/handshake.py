@@ -49,17 +49,12 @@ import gc
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -70,56 +65,10 @@ from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.util.ssl_ import create_urllib3_context
 
+from bench.nginx import Server, nginx, read_log, version
 from poolclient.tls import PoolTLS, ResumingConnection, ResumingPool
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-
-NGINX_CONF = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    client_body_temp_path {dir}/tmp;
-    proxy_temp_path {dir}/tmp;
-    fastcgi_temp_path {dir}/tmp;
-    uwsgi_temp_path {dir}/tmp;
-    scgi_temp_path {dir}/tmp;
-    log_format handshakes '$server_port $ssl_protocol $ssl_session_reused $connection '
-                          '$connection_requests $request_uri';
-    access_log {dir}/access.log handshakes;
-    ssl_session_cache shared:SSL:1m;
-    ssl_session_tickets on;
-    keepalive_timeout 300s;
-    keepalive_requests 1000000;
-{servers}
-}}
-"""
-
-SERVER = """\
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_protocols {protocol};
-        ssl_certificate {dir}/{name}.pem;
-        ssl_certificate_key {dir}/{name}.key;
-        location / {{
-            return 200 'ok\\n';
-        }}
-        location /close/ {{
-            keepalive_timeout 0;
-            return 200 'ok\\n';
-        }}
-    }}
-"""
-
-
-@dataclass
-class Server:
-    name: str  # e.g. "tls13-ecdsa"
-    protocol: str  # nginx's ssl_protocols value
-    key_type: trustme.KeyType
-    port: int = 0
-
 
 @dataclass
 class Phase:
@@ -151,79 +100,16 @@ def _round(value: float) -> float:
     return round(value, 3)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(found):
-        raise SystemExit("bench.handshake: nginx not found (apt-get install nginx-light)")
-    return found
-
-
-@contextmanager
-def nginx(directory: Path, servers: list[Server]) -> Iterator[Path]:
-    """nginx serving ``servers`` from ``directory``; yields the CA file. Stopped (and its
-    log complete) on exit."""
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    blocks = []
-    for server in servers:
-        cert = ca.issue_cert("127.0.0.1", "localhost", key_type=server.key_type)
-        cert.private_key_pem.write_to_path(str(directory / f"{server.name}.key"))
-        with (directory / f"{server.name}.pem").open("wb") as f:
-            for pem in cert.cert_chain_pems:
-                f.write(pem.bytes())
-        server.port = free_port()
-        blocks.append(SERVER.format(port=server.port, protocol=server.protocol,
-                                    dir=directory, name=server.name))
-    (directory / "tmp").mkdir(exist_ok=True)
-    conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=directory, servers="".join(blocks)))
-    proc = subprocess.Popen([nginx_binary(), "-p", str(directory), "-c", str(conf),
-                             "-g", "daemon off;"], stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 15
-        for server in servers:
-            while not _listening(server.port):
-                if proc.poll() is not None:
-                    assert proc.stderr is not None
-                    raise SystemExit(f"nginx exited: {proc.stderr.read().decode()}")
-                if time.monotonic() > deadline:
-                    raise SystemExit("nginx did not start listening within 15 s")
-                time.sleep(0.02)
-        yield directory / "ca.pem"
-    finally:
-        proc.send_signal(signal.SIGQUIT)  # graceful: every request logged
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def count_handshakes(log: Path, phases: dict[str, Phase]) -> None:
+def count_handshakes(directory: Path, phases: dict[str, Phase]) -> None:
     """Fill each phase's connections and resumptions from nginx's access log (warm-up
     requests aside)."""
-    for line in log.read_text().splitlines():
-        _port, _protocol, reused, _conn, on_connection, uri = line.split()
-        uri = uri.removeprefix("/close")
+    for line in read_log(directory):
+        uri = line.uri.removeprefix("/close")
         _, server, name, sample = uri.split("/")  # /<server>/<phase>/<sample>
         phase = phases.get(f"{server}/{name}")
-        if phase is not None and on_connection == "1" and not sample.startswith("warm"):
+        if phase is not None and line.number == 1 and not sample.startswith("warm"):
             phase.connections += 1
-            phase.resumed += reused == "r"
+            phase.resumed += line.resumed
 
 
 def _get(conn: HTTPSConnection, path: str) -> None:
@@ -359,9 +245,8 @@ def run(samples: int = 300, rounds: int = 10) -> dict[str, Any]:
             bundle_certs = Path(bundle).read_text().count("BEGIN CERTIFICATE")
             phases = measure(servers, ca, bundle, samples, rounds)
             contexts = context_costs(ca, bundle, 100)
-        count_handshakes(directory / "access.log", phases)
-    nginx_version = subprocess.run([nginx_binary(), "-v"], capture_output=True,
-                                   text=True).stderr.strip()
+        count_handshakes(directory, phases)
+    nginx_version = version()
     return {
         "meta": {"python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
                  "urllib3": metadata.version("urllib3"), "nginx": nginx_version,
@@ -395,11 +280,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples", type=int, default=300, help="per phase and server")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--json", help="also write the result to this file")
+    parser.add_argument("--out", help="also write the Markdown page to this file")
     args = parser.parse_args(argv)
     result = run(args.samples, args.rounds)
-    print(render(result))
+    page = render(result)
+    print(page)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:
+        command = os.environ.get("BENCH_COMMAND") or "python -m bench.handshake " + " ".join(
+            sys.argv[1:] if argv is None else argv)
+        Path(args.out).write_text(f"# Reconnect cost: TLS handshakes\n\nWritten by "
+                                  f"`{command}`; see bench/handshake.py for what each phase "
+                                  f"is.\n\n{page}\n")
     return result
 
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         # Before anything imports prometheus-client: the values go to files, as under
         # gunicorn's hooks.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
-        from bench.run import nginx_upstream
+        from bench.run import upstream as nginx_upstream
 
         with nginx_upstream(work) as upstream:
             os.environ.update(BENCH_UPSTREAM=upstream.url, BENCH_CA=upstream.ca,

@@ -26,24 +26,23 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
-import trustme
+from bench import nginx, report
+from bench.nginx import Server
 
-from bench import report
-
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS, THREADS, CLIENTS = 2, 4, 16
 
@@ -58,38 +57,6 @@ CONTENDERS = {
     "poolclient .session() per request": ("poolclient_session", True),
 }
 BASELINE = "bare urllib3 PoolManager"
-
-
-# Keep-alive long enough for any run: the upstream never closes a connection itself, so
-# every handshake it counts is one the client chose to make.
-NGINX_CONF = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp;
-    proxy_temp_path {dir}/tmp;
-    fastcgi_temp_path {dir}/tmp;
-    uwsgi_temp_path {dir}/tmp;
-    scgi_temp_path {dir}/tmp;
-    log_format conns '$connection $connection_requests $ssl_session_reused';
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {dir}/server.pem;
-        ssl_certificate_key {dir}/server.key;
-        ssl_session_cache shared:SSL:1m;
-        keepalive_timeout 300s;
-        keepalive_requests 1000000;
-        access_log {dir}/access.log conns;
-        location / {{
-            default_type application/json;
-            return 200 '{{"ok":true}}\\n';
-        }}
-    }}
-}}
-"""
 
 
 @dataclass
@@ -110,28 +77,19 @@ class Run:
     cpu_s: float
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``predicate`` until it answers something true, and return that."""
     deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not (answer := predicate()):
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+    return answer
 
 
-def _answers(port: int, scheme: str = "http", ca: str | None = None) -> bool:
+def _answers(port: int) -> bool:
     try:
-        if scheme == "https":
-            context = ssl.create_default_context(cafile=ca)
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                "127.0.0.1", port, timeout=5, context=context)
-        else:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("GET", "/")
         ok = conn.getresponse().status == 200
         conn.close()
@@ -141,78 +99,52 @@ def _answers(port: int, scheme: str = "http", ca: str | None = None) -> bool:
 
 
 @dataclass
-class Nginx:
+class Upstream:
+    """The nginx every contender calls, and its count of what they did."""
+
     directory: Path
-    port: int
+    server: Server
     ca: str
-    proc: subprocess.Popen[bytes]
+    marks: int = 0
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/"
+        return f"https://127.0.0.1:{self.server.port}/"
 
-    @property
-    def log(self) -> Path:
-        return self.directory / "access.log"
+    def offset(self) -> int:
+        log = self.directory / "access.log"
+        return log.stat().st_size if log.exists() else 0
 
-    def log_size(self) -> int:
-        return self.log.stat().st_size if self.log.exists() else 0
+    def counted_since(self, offset: int) -> tuple[int, int, int]:
+        """Requests, handshakes (connections) and resumed handshakes since ``offset``.
 
-    def connections_since(self, offset: int) -> tuple[int, int, int]:
-        """Requests, connections (one handshake each) and resumed handshakes logged
-        after ``offset``."""
-        with self.log.open("rb") as f:
-            f.seek(offset)
-            lines = f.read().decode().split("\n")
-        requests = handshakes = resumed = 0
-        for line in filter(None, lines):
-            _, on_connection, reused = line.split()
-            requests += 1
-            if on_connection == "1":
-                handshakes += 1
-                resumed += reused == "r"
-        return requests, handshakes, resumed
+        nginx logs a request after answering it, so a client can be done before the
+        last line is written; one more request, whose line comes after every earlier
+        one's (one nginx worker, one event at a time), marks the end."""
+        self.marks += 1
+        mark = f"/mark/{self.marks}"
+        context = ssl.create_default_context(cafile=self.ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.server.port, context=context,
+                                           timeout=5)
+        conn.request("GET", mark)
+        conn.getresponse().read()
+        conn.close()
 
+        def logged() -> list[nginx.Line]:
+            lines = nginx.read_log(self.directory, offset)
+            return lines if any(line.uri == mark for line in lines) else []
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
-                                      else None)
-    if found is None:
-        raise SystemExit("bench: nginx not found (make bench installs it: apt-get install "
-                         "nginx-light)")
-    return found
+        lines = wait_until(logged, 15, "nginx's access log")
+        calls = [line for line in lines if not line.uri.startswith("/mark/")]
+        handshakes = [line for line in calls if line.number == 1]
+        return len(calls), len(handshakes), sum(line.resumed for line in handshakes)
 
 
 @contextmanager
-def nginx_upstream(directory: Path) -> Iterator[Nginx]:
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(directory / "server.key"))
-    cert.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
-    for pem in cert.cert_chain_pems[1:]:
-        with (directory / "server.pem").open("ab") as f:
-            f.write(pem.bytes())
-    (directory / "tmp").mkdir(exist_ok=True)
-    port = free_port()
-    conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=directory, port=port))
-    proc = subprocess.Popen([nginx_binary(), "-p", str(directory), "-c", str(conf),
-                             "-g", "daemon off;"], stderr=subprocess.PIPE)
-    upstream = Nginx(directory, port, str(directory / "ca.pem"), proc)
-    try:
-        wait_until(lambda: proc.poll() is not None or _answers(port, "https", upstream.ca),
-                   15, "nginx")
-        if proc.poll() is not None:
-            raise SystemExit(f"bench: nginx exited: {proc.stderr.read().decode()}"  # type: ignore[union-attr]
-                             )
-        # nginx logs a request after answering it: wait for the probe's line, or it would
-        # count in the first run.
-        wait_until(lambda: upstream.log_size() > 0, 15, "nginx's access log")
-        yield upstream
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def upstream(directory: Path) -> Iterator[Upstream]:
+    server = nginx.Server("upstream", "TLSv1.2 TLSv1.3")
+    with nginx.nginx(directory, [server]) as ca:
+        yield Upstream(directory, server, str(ca))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -258,9 +190,9 @@ def parse_wrk(output: str) -> dict[str, float]:
             "p50_ms": _ms(p50.group(1)), "p99_ms": _ms(p99.group(1)), "errors": errors}
 
 
-def run_one(name: str, round_: int, upstream: Nginx, duration: float, work: Path) -> Run:
+def run_one(name: str, round_: int, upstream: Upstream, duration: float, work: Path) -> Run:
     app, hooked = CONTENDERS[name]
-    port = free_port()
+    port = nginx.free_port()
     env = {**os.environ, "BENCH_UPSTREAM": upstream.url, "BENCH_CA": upstream.ca,
            "BENCH_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(WORKERS),
            "GUNICORN_THREADS": str(THREADS), "BENCH_ERRORLOG": str(work / "gunicorn.log"),
@@ -268,7 +200,7 @@ def run_one(name: str, round_: int, upstream: Nginx, duration: float, work: Path
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # poolclient's hooks make their own
     if hooked:
         env["BENCH_HOOKS"] = "poolclient"
-    offset = upstream.log_size()
+    offset = upstream.offset()
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "bench" / "gunicorn.conf.py"),
          f"bench.contenders:{app}"], env=env, cwd=ROOT)
@@ -289,7 +221,7 @@ def run_one(name: str, round_: int, upstream: Nginx, duration: float, work: Path
         server.send_signal(signal.SIGTERM)
         server.wait(30)
     load = parse_wrk(wrk.stdout)
-    upstream_requests, handshakes, resumed = upstream.connections_since(offset)
+    upstream_requests, handshakes, resumed = upstream.counted_since(offset)
     return Run(contender=name, round=round_, requests=int(load["requests"]),
                seconds=load["seconds"], rps=load["rps"], p50_ms=load["p50_ms"],
                p99_ms=load["p99_ms"], errors=int(load["errors"]),
@@ -301,7 +233,6 @@ def machine(command: str) -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    nginx = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     versions = {name: metadata.version(name) for name in
                 ("poolclient", "gunicorn", "urllib3", "requests", "prometheus-client")}
@@ -313,7 +244,7 @@ def machine(command: str) -> dict[str, str]:
         "python": platform.python_version(),
         "openssl": ssl.OPENSSL_VERSION,
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
-        "nginx": nginx.strip().split("/", 1)[-1],
+        "nginx": nginx.version().split("/", 1)[-1],
         "wrk": wrk.split("[", 1)[0].strip().split(" ", 1)[-1],
         "setup": f"gunicorn gthread, {WORKERS} workers x {THREADS} threads; wrk 2 threads, "
                  f"{CLIENTS} connections; nginx TLS upstream with keep-alive, 1 worker",
@@ -339,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="poolclient-bench-") as tmp:
         work = Path(tmp)
-        with nginx_upstream(work) as upstream:
+        with upstream(work) as nginx_upstream:
             for round_ in range(args.rounds):
                 shift = round_ % len(names)
                 for name in names[shift:] + names[:shift]:
-                    run = run_one(name, round_, upstream, args.duration, work)
+                    run = run_one(name, round_, nginx_upstream, args.duration, work)
                     runs.append(run)
                     print(f"round {round_ + 1}/{args.rounds}  {name:36} {run.rps:9.1f} req/s  "
                           f"p99 {run.p99_ms:7.2f} ms  handshakes {run.handshakes:5}  "
