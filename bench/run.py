@@ -2,7 +2,7 @@
 
 One nginx TLS upstream with keep-alive on loopback (certificates made here, with trustme),
 one gunicorn per contender run with the same workers and threads, wrk for the load. The
-contenders (``bench/contenders.py``) run interleaved, each round in a rotated order, so that
+contenders (``bench/contenders.py``) run interleaved, each round in another order, so that
 a slow stretch of the machine falls on all of them; the report gives medians over rounds and,
 per round, ratios to bare urllib3.
 
@@ -229,6 +229,14 @@ def run_one(name: str, round_: int, upstream: Upstream, duration: float, work: P
                cpu_s=round(cpu, 3))
 
 
+def round_order(names: list[str], round_: int) -> list[str]:
+    """The contenders of one round: forwards, then backwards, rotated by one every two
+    rounds, so that no contender always runs first, or always right after another."""
+    shift = round_ // 2 % len(names)
+    order = names[shift:] + names[:shift]
+    return order[::-1] if round_ % 2 else order
+
+
 def machine(command: str) -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
@@ -272,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with upstream(work) as nginx_upstream:
             for round_ in range(args.rounds):
-                shift = round_ % len(names)
-                for name in names[shift:] + names[:shift]:
+                for name in round_order(names, round_):
                     run = run_one(name, round_, nginx_upstream, args.duration, work)
                     runs.append(run)
                     print(f"round {round_ + 1}/{args.rounds}  {name:36} {run.rps:9.1f} req/s  "

@@ -59,6 +59,15 @@ def test_ratios_are_taken_within_each_round_then_the_median():
     assert verdicts[0]["regression"] and not verdicts[0]["met"] and not verdicts[1]["met"]
 
 
+def test_every_contender_runs_first_and_after_each_other_across_rounds():
+    names = list(run.CONTENDERS)
+    orders = [run.round_order(names, r) for r in range(2 * len(names))]
+    assert all(sorted(order) == sorted(names) for order in orders)
+    assert {order[0] for order in orders} == set(names)
+    follows = {pair for order in orders for pair in zip(order, order[1:], strict=False)}
+    assert {(names[3], names[4]), (names[4], names[3])} <= follows
+
+
 def test_readme_block_is_replaced_between_its_markers():
     text = f"intro\n{report.BLOCK_START}\nold table\n{report.BLOCK_END}\nrest\n"
     assert report.replace_block(text, "new") == (
