@@ -123,6 +123,8 @@ class PrometheusSink:
             self._requests.inc(batch.requests)
         if batch.reused:
             self._reused.inc(batch.reused)
+        if batch.waited:
+            self._waits.inc(batch.waited)
         if batch.in_use:
             self._in_use.inc(batch.in_use)
         if batch.idle:
@@ -141,9 +143,6 @@ class PrometheusSink:
 
     def retried(self) -> None:
         self._retried.inc()
-
-    def waited(self) -> None:
-        self._waits.inc()
 
 
 def _observe_all(child: Any, values: list[float]) -> None:

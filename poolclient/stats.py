@@ -3,7 +3,7 @@
 The pool classes in :mod:`poolclient.pool` call one method here per event; nothing here
 knows about urllib3, sockets or locks other than its own. The events also reach an optional
 :class:`EventSink` (the Prometheus metrics of :mod:`poolclient.metrics`), always after the
-lock is released: rare ones (connections opened and closed, errors, waits, retries) one by
+lock is released: rare ones (connections opened and closed, errors, retries) one by
 one, and those of every request as a :class:`Batch`, handed over whenever no connection of
 the pool is in use, and at least every :data:`PUBLISH_EVERY` seconds under load. A sink's
 values are therefore exact whenever its pool is quiet, and the request path pays for the
@@ -60,16 +60,18 @@ class RegistrySnapshot:
 
 
 # Under load, the longest a pool's per-request counts wait before its sink has them.
+# (Rare events, connections opened and closed, errors and retries, reach it at once.)
 PUBLISH_EVERY = 1.0
 
 
 @dataclass
 class Batch:
     """What the requests of one pool did since the last batch: counts, the gauges' moves,
-    and each wait for a connection and each attempt's duration, in seconds."""
+    and each checkout's wait for a connection and each attempt's duration, in seconds."""
 
     requests: int = 0
     reused: int = 0
+    waited: int = 0  # callers that found every connection in use
     in_use: int = 0
     idle: int = 0
     waits: list[float] = field(default_factory=list)
@@ -84,7 +86,6 @@ class EventSink(Protocol):
     def failed(self, kind: str) -> None: ...
     def closed(self, reason: str) -> None: ...
     def retried(self) -> None: ...
-    def waited(self) -> None: ...
 
 
 class PoolStats:
@@ -178,11 +179,11 @@ class PoolStats:
             self._idle_moves.append(delta)
 
     def waited(self) -> None:
-        """A caller found every connection in use and had to wait."""
+        """A caller found every connection in use and had to wait (in the batch: waits come
+        in crowds, when the pool is busiest)."""
         with self._lock:
             self._waits += 1
-        if self.sink is not None:
-            self.sink.waited()
+            self._batch.waited += 1
 
     def discarded_one(self) -> None:
         """A connection was closed because the pool had no room to keep it."""

@@ -85,7 +85,6 @@ class _Recorder:
     def failed(self, kind: str) -> None: ...
     def closed(self, reason: str) -> None: ...
     def retried(self) -> None: ...
-    def waited(self) -> None: ...
 
 
 def test_requests_reach_the_sink_when_the_pool_is_quiet_or_a_second_passed(monkeypatch):
@@ -99,6 +98,7 @@ def test_requests_reach_the_sink_when_the_pool_is_quiet_or_a_second_passed(monke
     sink = _Recorder()
     stats = PoolStats(4, sink)
     stats.checked_out(0.0)
+    stats.waited()
     stats.checked_out(0.5)
     stats.attempted(False, 0.01)
     stats.checked_in()  # the first return publishes: nothing was ever published
@@ -118,6 +118,7 @@ def test_requests_reach_the_sink_when_the_pool_is_quiet_or_a_second_passed(monke
     assert len(sink.batches) == 3
     assert sum(b.requests for b in sink.batches) == 3
     assert sum(b.reused for b in sink.batches) == 2
+    assert sum(b.waited for b in sink.batches) == 1
     assert sum(b.in_use for b in sink.batches) == 0
     assert sum(b.idle for b in sink.batches) == 0
     assert sorted(w for b in sink.batches for w in b.waits) == [0.0, 0.0, 0.0, 0.5]
