@@ -186,8 +186,13 @@ def problem() -> str | None:
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition text of every process's pools, and its content type."""
+    """The exposition text of every process's pools, and its content type (this process's
+    waiting batches published first; other workers' are at most PUBLISH_EVERY old)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    from .stats import publish_all
+
+    publish_all()
 
     if multiprocess():
         from prometheus_client import multiprocess as mp

@@ -185,6 +185,10 @@ class CountedPool(_PoolBase):
             f"idle {s.idle} | opened {s.connections_opened} | requests {s.requests}]>"
         )
 
+    def close(self) -> None:
+        super().close()
+        self.stats.publish()  # what a worker's last requests did, before it exits
+
     def _new_pool_queue(self, maxsize: int) -> queue.LifoQueue[Any]:
         return _CountedQueue(maxsize, self.stats)
 

@@ -4,14 +4,16 @@ The pool classes in :mod:`poolclient.pool` call one method here per event; nothi
 knows about urllib3, sockets or locks other than its own. The events also reach an optional
 :class:`EventSink` (the Prometheus metrics of :mod:`poolclient.metrics`), always after the
 lock is released: rare ones (connections opened and closed, errors, retries) one by
-one, and those of every request as a :class:`Batch`, handed over whenever no connection of
-the pool is in use, and at least every :data:`PUBLISH_EVERY` seconds under load. A sink's
-values are therefore exact whenever its pool is quiet, and the request path pays for the
-sink only in the lock it takes anyway.
+one, and those of every request as a :class:`Batch`, at most every :data:`PUBLISH_EVERY`
+seconds and at least that often while requests wait in one (see the publisher, below), and
+whenever the pool closes or :func:`publish_all` is called (a scrape in this process does).
+The request path pays for the sink only in the lock it takes anyway.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections import deque
@@ -112,6 +114,7 @@ class PoolStats:
         self._batch = Batch()  # for the sink; only filled when there is one
         self._idle_moves: deque[int] = deque()
         self._publish_at = 0.0
+        self._scheduled = False  # a batch is waiting for the publisher thread
 
     def __repr__(self) -> str:
         return (
@@ -152,7 +155,8 @@ class PoolStats:
 
     def checked_in(self) -> None:
         """A connection came back (after its idle move, if any): the moment a batch is
-        handed to the sink, when the pool is quiet or the last batch is old enough."""
+        handed to the sink, if the last one is old enough; otherwise the publisher
+        thread hands it over within :data:`PUBLISH_EVERY`."""
         if self.sink is None:
             with self._lock:
                 self._in_use -= 1
@@ -161,14 +165,28 @@ class PoolStats:
         with self._lock:
             self._in_use -= 1
             self._batch.in_use -= 1
-            if self._in_use > 0 and now < self._publish_at:
-                return
-            self._publish_at = now + PUBLISH_EVERY
+            due = now >= self._publish_at
+            if not due:
+                if self._scheduled:
+                    return
+                self._scheduled = True
+        if due:
+            self.publish()
+        else:
+            _schedule(self)
+
+    def publish(self) -> None:
+        """Hand what the requests did since the last batch to the sink now."""
+        with self._lock:
+            self._publish_at = time.monotonic() + PUBLISH_EVERY
+            self._scheduled = False
             batch, self._batch = self._batch, Batch()
         moves = self._idle_moves
         while moves:
             batch.idle += moves.popleft()
-        self.sink.publish(batch)
+        if self.sink is not None and (batch.requests or batch.waits or batch.waited
+                                      or batch.idle):
+            self.sink.publish(batch)
 
     def idle_changed(self, delta: int) -> None:
         """An open connection entered (+1) or left (-1) the idle queue. Only the sink keeps
@@ -240,3 +258,53 @@ class PoolStats:
                 retired=self._retired,
                 retried=self._retried,
             )
+
+
+# The publisher: one daemon thread per process, started when a batch first has to wait, that
+# hands every waiting batch to its sink each PUBLISH_EVERY seconds, so the sinks (and so
+# /metrics, in every worker) lag the pools by at most that much, whether or not more
+# requests come. A thread, not a publish on every quiet return: a worker whose pool goes
+# quiet between requests would otherwise pay a batch (several file writes under
+# prometheus-client's process-wide lock) per request. Under gevent it is a greenlet: pools,
+# and so the thread, are made after the monkey patch.
+_waiting: set[PoolStats] = set()
+_waiting_lock = threading.Lock()
+_publisher_pid = 0
+
+
+def _schedule(stats: PoolStats) -> None:
+    global _publisher_pid
+    with _waiting_lock:
+        _waiting.add(stats)
+        if _publisher_pid == os.getpid():
+            return
+        _publisher_pid = os.getpid()  # none runs in a forked child: start one
+    threading.Thread(target=_publish_every, name="poolclient-metrics", daemon=True).start()
+
+
+def _publish_every() -> None:
+    while True:
+        time.sleep(PUBLISH_EVERY)
+        try:
+            publish_all()
+        except Exception:  # noqa: BLE001 - one failing sink must not stop the publisher
+            logging.getLogger("poolclient.metrics").exception("publishing pool metrics failed")
+
+
+def publish_all() -> None:
+    """Hand every waiting batch of this process to its sink now (a scrape does, first)."""
+    with _waiting_lock:
+        waiting = list(_waiting)
+        _waiting.clear()
+    for stats in waiting:
+        stats.publish()
+
+
+def _forget_after_fork() -> None:
+    global _waiting_lock
+    _waiting_lock = threading.Lock()  # another thread may have held it at fork time
+    _waiting.clear()  # the parent's pools: dropped in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -87,14 +87,16 @@ class _Recorder:
     def retried(self) -> None: ...
 
 
-def test_requests_reach_the_sink_when_the_pool_is_quiet_or_a_second_passed(monkeypatch):
-    """Batches: none while a connection is in use and the last one is less than
-    PUBLISH_EVERY old; one when the pool is quiet; one when that time has passed; their
-    sum is every event."""
+def test_requests_reach_the_sink_in_batches_at_most_once_a_second(monkeypatch):
+    """Batches: the first return publishes; later ones within PUBLISH_EVERY wait for the
+    publisher (scheduled once), whether or not the pool is quiet; a return after that
+    publishes; publish_all() hands over what waits. Their sum is every event."""
     from poolclient import stats as stats_module
 
     clock = [100.0]
+    scheduled: list[PoolStats] = []
     monkeypatch.setattr(stats_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(stats_module, "_schedule", scheduled.append)
     sink = _Recorder()
     stats = PoolStats(4, sink)
     stats.checked_out(0.0)
@@ -102,27 +104,56 @@ def test_requests_reach_the_sink_when_the_pool_is_quiet_or_a_second_passed(monke
     stats.checked_out(0.5)
     stats.attempted(False, 0.01)
     stats.checked_in()  # the first return publishes: nothing was ever published
-    assert len(sink.batches) == 1
+    assert len(sink.batches) == 1 and scheduled == []
     stats.checked_out(0.0)
     stats.attempted(True, 0.02)
     stats.idle_changed(+1)
-    stats.checked_in()  # two still in use, published 0 s ago
-    assert len(sink.batches) == 1
+    stats.checked_in()  # published 0 s ago: left for the publisher
+    stats.idle_changed(-1)
+    stats.checked_in()  # quiet, and still left for it, scheduled once
+    assert len(sink.batches) == 1 and scheduled == [stats]
     clock[0] += stats_module.PUBLISH_EVERY
     stats.checked_out(0.0)
     stats.attempted(True, 0.03)
-    stats.checked_in()  # still one in use, but a second has passed
+    stats.checked_in()  # a second has passed
     assert len(sink.batches) == 2
-    stats.idle_changed(-1)
-    stats.checked_in()  # quiet
+    stats.checked_out(0.0)
+    stats.checked_in()
+    assert len(sink.batches) == 2
+    stats.publish()  # what the publisher thread does
     assert len(sink.batches) == 3
     assert sum(b.requests for b in sink.batches) == 3
     assert sum(b.reused for b in sink.batches) == 2
     assert sum(b.waited for b in sink.batches) == 1
     assert sum(b.in_use for b in sink.batches) == 0
     assert sum(b.idle for b in sink.batches) == 0
-    assert sorted(w for b in sink.batches for w in b.waits) == [0.0, 0.0, 0.0, 0.5]
+    assert sorted(w for b in sink.batches for w in b.waits) == [0.0, 0.0, 0.0, 0.0, 0.5]
     assert sorted(d for b in sink.batches for d in b.durations) == [0.01, 0.02, 0.03]
+
+
+def test_the_publisher_thread_hands_over_waiting_batches(monkeypatch):
+    """Without more requests, a waiting batch reaches the sink within PUBLISH_EVERY."""
+    import threading
+
+    from poolclient import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "PUBLISH_EVERY", 0.05)
+    arrived = threading.Event()
+
+    class Signalling(_Recorder):
+        def publish(self, batch) -> None:
+            super().publish(batch)
+            if len(self.batches) == 2:
+                arrived.set()
+
+    sink = Signalling()
+    stats = PoolStats(4, sink)
+    for seconds in (0.01, 0.02):
+        stats.checked_out(0.0)
+        stats.attempted(False, seconds)
+        stats.checked_in()  # the first publishes, the second waits
+    assert arrived.wait(10), "the waiting batch was never published"
+    assert [b.durations for b in sink.batches] == [[0.01], [0.02]]
 
 
 def test_every_family_has_help_and_type():
@@ -178,6 +209,9 @@ def test_six_scrapes_agree_with_the_upstream(gunicorn, upstream: Upstream):
     assert set(outcomes) == {200}, outcomes
     seen = upstream.stats()
     port = str(upstream.port)
+    # Each worker hands its last requests to the files within PUBLISH_EVERY.
+    wait_for(lambda: total(scrape(server.url), "poolclient_requests_total", port=port)
+             == seen["requests"], 10, "every worker's requests in /metrics")
     for _ in range(6):
         samples = scrape(server.url)
         assert total(samples, "poolclient_requests_total", port=port) == seen["requests"]
@@ -215,6 +249,8 @@ def test_multiprocess_directory_lifecycle_over_worker_restarts(gunicorn, upstrea
     wait_for(lambda: not (first & server.worker_pids()), 10, "the first workers to be gone")
     seen = upstream.stats()
     port = str(upstream.port)
+    wait_for(lambda: total(scrape(server.url), "poolclient_requests_total", port=port)
+             == seen["requests"], 10, "every worker's requests in /metrics")
     samples = scrape(server.url)
     assert total(samples, "poolclient_requests_total", port=port) == seen["requests"]
     assert total(samples, "poolclient_connections_opened_total", port=port) == len(
