@@ -4,10 +4,10 @@ The pool classes in :mod:`poolclient.pool` call one method here per event; nothi
 knows about urllib3, sockets or locks other than its own. The events also reach an optional
 :class:`EventSink` (the Prometheus metrics of :mod:`poolclient.metrics`), always after the
 lock is released: rare ones (connections opened and closed, errors, retries) one by
-one, and those of every request as a :class:`Batch`, at most every :data:`PUBLISH_EVERY`
-seconds and at least that often while requests wait in one (see the publisher, below), and
-whenever the pool closes or :func:`publish_all` is called (a scrape in this process does).
-The request path pays for the sink only in the lock it takes anyway.
+one, and those of every request as a :class:`Batch`: on a return when the last batch is
+:data:`PUBLISH_EVERY` old, otherwise by the publisher thread (below) within that time, and
+at once when the pool closes or :func:`publish_all` is called (a scrape in this process
+does). The request path pays for the sink little more than the lock it takes anyway.
 """
 
 from __future__ import annotations
