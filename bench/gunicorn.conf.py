@@ -22,12 +22,5 @@ loglevel = "warning"
 control_socket_disable = True
 
 if os.environ.get("BENCH_HOOKS") == "poolclient":
-    from poolclient.gunicorn import (  # noqa: F401 - gunicorn reads these names
-        child_exit,
-        on_exit,
-        on_starting,
-        post_fork,
-        post_worker_init,
-        pre_fork,
-        worker_exit,
-    )
+    # Every hook, as gunicorn.conf.py names them (gunicorn ignores the other names).
+    from poolclient.gunicorn import *  # noqa: F403
