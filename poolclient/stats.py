@@ -111,7 +111,12 @@ class PoolStats:
         self._expired = 0
         self._retired = 0
         self._retried = 0
-        self._batch = Batch()  # for the sink; only filled when there is one
+        # For the sink (kept only when there is one): what the last batch had reached,
+        # so that a batch's counts are the counters' differences, and what only the
+        # batches carry.
+        self._published = (0, 0, 0, 0)  # requests, reused, waits, in_use
+        self._wait_times: list[float] = []
+        self._durations: list[float] = []
         self._idle_moves: deque[int] = deque()
         self._publish_at = 0.0
         self._scheduled = False  # a batch is waiting for the publisher thread
@@ -139,10 +144,7 @@ class PoolStats:
             self._requests += 1
             self._reused += reused
             if self.sink is not None:
-                batch = self._batch
-                batch.requests += 1
-                batch.reused += reused
-                batch.durations.append(seconds)
+                self._durations.append(seconds)
         timing.record(seconds)
 
     def checked_out(self, waited: float = 0.0) -> None:
@@ -150,8 +152,7 @@ class PoolStats:
         with self._lock:
             self._in_use += 1
             if self.sink is not None:
-                self._batch.in_use += 1
-                self._batch.waits.append(waited)
+                self._wait_times.append(waited)
 
     def checked_in(self) -> None:
         """A connection came back (after its idle move, if any): the moment a batch is
@@ -164,7 +165,6 @@ class PoolStats:
         now = time.monotonic()
         with self._lock:
             self._in_use -= 1
-            self._batch.in_use -= 1
             due = now >= self._publish_at
             if not due:
                 if self._scheduled:
@@ -180,12 +180,17 @@ class PoolStats:
         with self._lock:
             self._publish_at = time.monotonic() + PUBLISH_EVERY
             self._scheduled = False
-            batch, self._batch = self._batch, Batch()
+            now = (self._requests, self._reused, self._waits, self._in_use)
+            last, self._published = self._published, now
+            batch = Batch(requests=now[0] - last[0], reused=now[1] - last[1],
+                          waited=now[2] - last[2], in_use=now[3] - last[3],
+                          waits=self._wait_times, durations=self._durations)
+            self._wait_times, self._durations = [], []
         moves = self._idle_moves
         while moves:
             batch.idle += moves.popleft()
         if self.sink is not None and (batch.requests or batch.waits or batch.waited
-                                      or batch.idle):
+                                      or batch.in_use or batch.idle):
             self.sink.publish(batch)
 
     def idle_changed(self, delta: int) -> None:
@@ -201,7 +206,6 @@ class PoolStats:
         in crowds, when the pool is busiest)."""
         with self._lock:
             self._waits += 1
-            self._batch.waited += 1
 
     def discarded_one(self) -> None:
         """A connection was closed because the pool had no room to keep it."""
