@@ -99,13 +99,9 @@ class PoolAdapter(HTTPAdapter):
         settings = self.registry.settings
         if timeout is None:
             timeout = (settings.connect_timeout, settings.read_timeout)
-        started = retry.begin(settings.deadline)  # none when the session began one
-        try:
+        with retry.deadline(settings.deadline):  # none when the session began one
             return super().send(request, stream=stream, timeout=timeout, verify=verify,
                                 cert=cert, proxies=proxies)
-        finally:
-            if started is not None:
-                retry.end(started)
 
     def close(self) -> None:
         """Close the proxy pools this adapter made; the shared pools stay open."""
@@ -152,12 +148,8 @@ class PooledSession(requests.Session):
 
     def request(self, method: str, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
-        started = retry.begin(self.deadline)
-        try:
+        with retry.deadline(self.deadline):
             return super().request(method, url, *args, **kwargs)
-        finally:
-            if started is not None:
-                retry.end(started)
 
     def close(self) -> None:
         """Close the adapters the caller mounted; the shared one stays open."""

@@ -305,7 +305,7 @@ class CountedPool(_PoolBase):
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
         # Every attempt, retries and redirects included, comes through here: start the
         # deadline if the caller did not, and cut the pool wait to what is left of it.
-        # (begin and end, not ``with retry.deadline``: this runs for every request.)
+        # (begin and end, not ``with retry.deadline``: see there.)
         started = retry.begin(self.deadline)
         try:
             left = retry.remaining()

@@ -228,6 +228,7 @@ class Registry:
         :raises DeadlineExceededError: a ``ReadTimeoutError``, when the deadline passed.
         """
         pools = self._pools()
+        # (begin and end, not ``with retry.deadline``: see there.)
         started = retry.begin(deadline if deadline is not None else self.settings.deadline)
         try:
             return pools.request(method, url, **kw)
