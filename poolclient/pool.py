@@ -32,7 +32,6 @@ from urllib3.exceptions import (
     SSLError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
-from urllib3.util import Timeout
 
 from . import metrics, retry
 from .errors import PoolClientError
@@ -291,7 +290,8 @@ class CountedPool(_PoolBase):
         if left is not None:
             if left <= 0:
                 raise retry.DeadlineExceededError(self, url)
-            kwargs["timeout"] = _cut(kwargs.get("timeout", self.timeout), left)
+            timeout = retry.ValidatedTimeout.of(kwargs.get("timeout", self.timeout))
+            kwargs["timeout"] = timeout.cut(left)
         if reused and events.isEnabledFor(logging.DEBUG):
             _event("reused", conn, requests=conn.requests_sent + 1,
                    idle_s=round(time.monotonic() - conn.idle_since, 3))
@@ -379,18 +379,6 @@ def _retries_allowed(retries: object) -> bool:
 def _replayable(method: str, body: object) -> bool:
     return method.upper() in retry.IDEMPOTENT_METHODS and (
         body is None or isinstance(body, (bytes, str)))
-
-
-def _cut(timeout: object, left: float) -> Timeout:
-    """``timeout`` with its total (connect plus read, for one attempt) at most ``left``.
-
-    urlopen passes a ``Timeout`` of its own, read here and never changed, so it is not
-    cloned again as ``_get_timeout`` would."""
-    if not isinstance(timeout, Timeout):
-        timeout = Timeout.from_float(timeout)  # type: ignore[arg-type]
-    total = timeout.total if isinstance(timeout.total, (int, float)) else None
-    return Timeout(connect=timeout._connect, read=timeout._read,
-                   total=left if total is None else min(total, left))
 
 
 def _event(name: str, conn: Any, **fields: object) -> None:

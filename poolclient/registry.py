@@ -17,7 +17,6 @@ from urllib3 import PoolManager
 from urllib3.connectionpool import port_by_scheme
 from urllib3.exceptions import LocationValueError, URLSchemeUnknown
 from urllib3.poolmanager import SSL_KEYWORDS
-from urllib3.util import Timeout
 
 from . import _fork, redact, retry
 from .config import Settings
@@ -45,7 +44,8 @@ class _ProcessPools(PoolManager):
             num_pools=settings.max_hosts,
             maxsize=maxsize,
             block=settings.block,
-            timeout=Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
+            timeout=retry.ValidatedTimeout(connect=settings.connect_timeout,
+                                           read=settings.read_timeout),
             retries=retry.policy(settings),
             **trust,
         )

@@ -14,7 +14,14 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import (
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    TimeoutStateError,
+)
+from urllib3.util import Timeout
 
 from poolclient import DeadlineExceededError, Registry, Settings
 from poolclient import retry as retry_module
@@ -169,6 +176,35 @@ def test_deadline_cuts_the_read_timeout(one: Registry, upstream: Upstream):
     with pytest.raises(ReadTimeoutError):
         one.request("GET", upstream.url + "/slow?seconds=2", deadline=0.3)
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("given", [Timeout(connect=2.0, read=7.0), Timeout(connect=2.0, read=7.0,
+                                   total=3.0), 4.0, None, Timeout.DEFAULT_TIMEOUT])
+def test_validated_timeout_behaves_as_urllib3s(given: object):
+    """Copies and cuts of the pools' timeout give urllib3 the values its own ``Timeout``
+    would, each copy with a clock of its own."""
+    vt = retry_module.ValidatedTimeout.of(given)
+    plain = given if isinstance(given, Timeout) else Timeout.from_float(given)  # type: ignore[arg-type]
+    for mine, theirs in ((vt.clone(), plain.clone()),
+                         (vt.cut(2.5), Timeout(connect=plain._connect, read=plain._read,
+                                               total=min(plain.total, 2.5) if isinstance(
+                                                   plain.total, float) else 2.5))):
+        assert type(mine) is retry_module.ValidatedTimeout
+        assert (mine.connect_timeout, mine.total) == (theirs.connect_timeout, theirs.total)
+        mine.start_connect()
+        theirs.start_connect()
+        assert mine.read_timeout == pytest.approx(theirs.read_timeout, abs=0.05)
+        with pytest.raises(TimeoutStateError):
+            mine.start_connect()
+    assert vt._start_connect is None  # the copies' clocks are their own
+    assert retry_module.ValidatedTimeout.of(vt) is vt
+
+
+def test_validated_timeout_still_rejects_bad_values():
+    with pytest.raises(ValueError, match="read"):
+        retry_module.ValidatedTimeout(connect=1.0, read=-1)
+    with pytest.raises(ValueError, match="boolean"):
+        retry_module.ValidatedTimeout.of(True)
 
 
 def test_connect_retries_stop_at_the_deadline():
