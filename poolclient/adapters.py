@@ -96,10 +96,9 @@ class PoolAdapter(HTTPAdapter):
         self, request: PreparedRequest, stream: bool = False, timeout: Any = None,
         verify: bool | str = True, cert: Any = None, proxies: dict[str, str] | None = None,
     ) -> requests.Response:
-        settings = self.registry.settings
         if timeout is None:
-            timeout = (settings.connect_timeout, settings.read_timeout)
-        with retry.deadline(settings.deadline):  # none when the session began one
+            timeout = self.registry.timeout  # requests passes a Timeout on as it is
+        with retry.deadline(self.registry.settings.deadline):  # none when the session began one
             return super().send(request, stream=stream, timeout=timeout, verify=verify,
                                 cert=cert, proxies=proxies)
 

@@ -38,14 +38,13 @@ _NO_VERIFY = ("CERT_NONE", 0)
 class _ProcessPools(PoolManager):
     """The pools of one process: a ``PoolManager`` that counts, bounds and pins trust."""
 
-    def __init__(self, settings: Settings, maxsize: int) -> None:
+    def __init__(self, settings: Settings, maxsize: int, timeout: retry.ValidatedTimeout) -> None:
         trust: dict[str, Any] = {"ca_certs": settings.ca_bundle} if settings.ca_bundle else {}
         super().__init__(
             num_pools=settings.max_hosts,
             maxsize=maxsize,
             block=settings.block,
-            timeout=retry.ValidatedTimeout(connect=settings.connect_timeout,
-                                           read=settings.read_timeout),
+            timeout=timeout,
             retries=retry.policy(settings),
             **trust,
         )
@@ -169,6 +168,9 @@ class Registry:
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.default_maxsize = default_maxsize
+        #: The timeouts of a call that gives none (made once: see ``ValidatedTimeout``).
+        self.timeout = retry.ValidatedTimeout(connect=self.settings.connect_timeout,
+                                              read=self.settings.read_timeout)
         self._lock = threading.Lock()
         self._state: _ProcessPools | None = None
         _fork.track(self)
@@ -202,7 +204,7 @@ class Registry:
                 if state is not None:  # inherited, and the at-fork handler did not run
                     state.abandon()
                     _fork.bury(state)
-                state = _ProcessPools(self.settings, self.maxsize)
+                state = _ProcessPools(self.settings, self.maxsize, self.timeout)
                 self._state = state
             return state
         finally:
