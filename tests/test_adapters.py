@@ -326,3 +326,65 @@ def test_plain_http_origin_has_one_pool_whatever_verify_says():
         reg.close()
         server.shutdown()
         server.server_close()
+
+
+PROXY_ENVIRONMENTS = {
+    "none": {},
+    "https_proxy": {"HTTPS_PROXY": "http://proxy.test:3128"},
+    "lower wins": {"HTTPS_PROXY": "http://upper.test:1", "https_proxy": "http://lower.test:2"},
+    "no_proxy host": {"https_proxy": "http://proxy.test:3128", "NO_PROXY": "api.test,other"},
+    "no_proxy domain": {"https_proxy": "http://proxy.test:3128", "no_proxy": ".test"},
+    "no_proxy cidr": {"https_proxy": "http://proxy.test:3128", "no_proxy": "127.0.0.0/8"},
+    "no_proxy port": {"https_proxy": "http://proxy.test:3128", "no_proxy": "api.test:8443"},
+    "cgi": {"HTTP_PROXY": "http://proxy.test:3128", "REQUEST_METHOD": "GET"},
+    "all_proxy": {"ALL_PROXY": "socks5://proxy.test:1080"},
+}
+URLS = ["https://api.test/items?x=1", "https://api.test:8443/", "https://127.0.0.1:9/a/b",
+        "http://api.test", "https://user:pw@api.test/p", "https://other/?q=/x"]
+
+
+def clean_proxy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy") or name == "REQUEST_METHOD":
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("bundles", [True, False])
+@pytest.mark.parametrize("env", list(PROXY_ENVIRONMENTS))
+def test_session_environment_settings_are_requests_own(registry, monkeypatch, env, bundles):
+    """Proxies and CA bundle from the environment come out as requests' own Session works
+    them out, for every URL, with the proxy variables read once per change."""
+    clean_proxy_environment(monkeypatch)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if bundles:
+            monkeypatch.setenv(name, f"/bundles/{name}.pem")
+        else:
+            monkeypatch.delenv(name, raising=False)
+    for name, value in PROXY_ENVIRONMENTS[env].items():
+        monkeypatch.setenv(name, value)
+    plain = requests.Session()
+    with registry.session() as pooled:
+        for url in URLS:
+            for verify, proxies in ((True, {}), (None, {"https": "http://mine:1"}),
+                                    ("/ca.pem", {})):
+                theirs = plain.merge_environment_settings(url, dict(proxies), None, verify,
+                                                          None)
+                for _ in range(2):  # the second from what was kept
+                    mine = pooled.merge_environment_settings(url, dict(proxies), None, verify,
+                                                             None)
+                    assert mine == theirs, (url, verify, proxies)
+
+
+def test_session_sees_a_proxy_variable_set_after_its_first_request(registry, monkeypatch):
+    clean_proxy_environment(monkeypatch)
+    url = "https://api.test/items"
+    with registry.session() as session:
+        assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {}
+        monkeypatch.setenv("https_proxy", "http://proxy.test:3128")
+        assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {
+            "https": "http://proxy.test:3128"}
+        monkeypatch.setenv("no_proxy", "api.test")
+        assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {}
+        session.trust_env = False
+        monkeypatch.delenv("no_proxy")
+        assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {}
