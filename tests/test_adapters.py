@@ -11,6 +11,7 @@ import pytest
 import requests
 from urllib3.exceptions import EmptyPoolError, ReadTimeoutError
 
+import poolclient.adapters
 from poolclient import PoolTimeoutError, Registry, Settings
 from tests.helpers import other_ca_file, wait_for
 
@@ -376,10 +377,20 @@ def test_session_environment_settings_are_requests_own(registry, monkeypatch, en
 
 
 def test_session_sees_a_proxy_variable_set_after_its_first_request(registry, monkeypatch):
+    """The environment is read once while it stays the same, and again once it changes."""
     clean_proxy_environment(monkeypatch)
+    monkeypatch.setattr(poolclient.adapters, "_seen", ({}, {}))  # what earlier tests kept
+    reads: list[str] = []
+    real = requests.utils.get_environ_proxies
+    monkeypatch.setattr(requests.utils, "get_environ_proxies",
+                        lambda url, no_proxy=None: reads.append(url) or real(url, no_proxy))
     url = "https://api.test/items"
     with registry.session() as session:
-        assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {}
+        for path in ("/items", "/items/2", "/other?x=1"):
+            settings = session.merge_environment_settings(
+                "https://api.test" + path, {}, None, True, None)
+            assert settings["proxies"] == {}
+        assert reads == ["https://api.test/items"]  # one read for the host
         monkeypatch.setenv("https_proxy", "http://proxy.test:3128")
         assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {
             "https": "http://proxy.test:3128"}
