@@ -160,7 +160,7 @@ class PooledSession(requests.Session):
         """As requests' own (proxies and CA bundle from the environment, then the session's
         settings), with the proxy variables read once per change of ``os.environ``."""
         found = None
-        if (self.trust_env and isinstance(url, str) and isinstance(proxies, dict)
+        if (self.trust_env and isinstance(proxies, dict)
                 and proxies.get("no_proxy") is None):  # a no_proxy argument: requests' way
             found = environ_proxies(url)
         if found is None:
