@@ -4,7 +4,8 @@ call deadline, and every event reported to a :class:`PoolStats`.
 Only urllib3's own extension points are used: ``ConnectionCls`` and the pool queue for
 counting; ``_get_conn`` / ``_put_conn`` for checkout accounting and connection lifetimes;
 ``_make_request`` for the one retry urllib3 cannot decide (see :mod:`poolclient.retry`);
-``urlopen`` for the deadline. The HTTP itself is urllib3's, unchanged.
+``urlopen``, ``_get_conn``, ``_validate_conn`` and the connection's ``getresponse`` for the
+deadline. The HTTP itself is urllib3's, unchanged.
 
 Expiry is checked when a connection is taken or returned, never by a background thread
 (what urllib3's maintainers asked for, urllib3 #1301 and #2498): an idle connection past
@@ -39,7 +40,7 @@ from .stats import PoolSnapshot, PoolStats
 from .tls import ResumingConnection, ResumingPool
 
 if TYPE_CHECKING:
-    from urllib3.response import BaseHTTPResponse
+    from urllib3.response import BaseHTTPResponse, HTTPResponse
 
 # One structured DEBUG line per connection event: opened (with its handshake time), reused,
 # expired, retired, discarded, dropped (closed by the upstream while idle), retried.
@@ -108,6 +109,11 @@ class _CountsConnects(_ConnectionBase):
         if events.isEnabledFor(logging.DEBUG):
             _event("opened", self, handshake_ms=round((self.connected_at - started) * 1000, 2),
                    reconnect=again)
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]  # as urllib3's
+        # urllib3 has just set the read timeout: wait no longer than the deadline allows.
+        self.timeout = retry.bounded(self.timeout)
+        return super().getresponse()
 
 
 class _CountedHTTPConnection(_CountsConnects, HTTPConnection):
@@ -199,8 +205,7 @@ class CountedPool(_PoolBase):
     def _get_conn(self, timeout: float | None = None) -> Any:
         # requests never passes a pool timeout, so the pool's own applies when none is
         # given; without it a blocking pool would wait forever (requests #3825).
-        if timeout is None:
-            timeout = self.pool_timeout
+        timeout = retry.bounded(self.pool_timeout if timeout is None else timeout)
         started = time.monotonic()
         conn: Any
         try:
@@ -246,6 +251,12 @@ class CountedPool(_PoolBase):
         if events.isEnabledFor(logging.DEBUG):
             _event("retired", conn, age_s=round(now - conn.connected_at, 3))
 
+    def _validate_conn(self, conn: Any) -> None:
+        # Right before the send (and the connect, if there is one), both of which urllib3
+        # times with the connect timeout it has just set.
+        conn.timeout = retry.bounded(conn.timeout)
+        super()._validate_conn(conn)
+
     def _idle(self) -> int:
         q = self.pool  # None once closed
         return q.idle() if isinstance(q, _CountedQueue) else 0
@@ -280,18 +291,13 @@ class CountedPool(_PoolBase):
 
     def _attempt(self, conn: Any, method: str, url: str, reused: bool, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> BaseHTTPResponse:
-        """One request on ``conn``, its timeouts cut to what is left of the deadline (cut
-        here, not in urlopen, so the pool wait and an earlier attempt count against it).
+        """One request on ``conn``, none once the deadline has passed.
 
         ``args`` and ``kwargs`` are ``_make_request``'s own, passed as they are rather
-        than unpacked and packed again; a retry finds the first attempt's cut timeout in
-        ``kwargs`` and cuts it again, to less."""
+        than unpacked and packed again."""
         left = retry.remaining()
-        if left is not None:
-            if left <= 0:
-                raise retry.DeadlineExceededError(self, url)
-            timeout = retry.ValidatedTimeout.of(kwargs.get("timeout", self.timeout))
-            kwargs["timeout"] = timeout.cut(left)
+        if left is not None and left <= 0:
+            raise retry.DeadlineExceededError(self, url)
         if reused and events.isEnabledFor(logging.DEBUG):
             _event("reused", conn, requests=conn.requests_sent + 1,
                    idle_s=round(time.monotonic() - conn.idle_since, 3))
@@ -304,24 +310,18 @@ class CountedPool(_PoolBase):
 
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
         # Every attempt, retries and redirects included, comes through here: start the
-        # deadline if the caller did not, and cut the pool wait to what is left of it.
+        # deadline if the caller did not, and after a retry's backoff give up if it passed.
         # (begin and end, not ``with retry.deadline``: see there.)
         started = retry.begin(self.deadline)
         try:
             left = retry.remaining()
-            if left is not None:
-                if left <= 0:
-                    # urllib3 passes retries by position when it retries: (body, headers,
-                    # retries, ...) after method and url.
-                    retries = kw.get("retries", args[2] if len(args) > 2 else None)
-                    history = getattr(retries, "history", ())
-                    last = history[-1].error if history else None
-                    raise retry.DeadlineExceededError(self, url, last)
-                if len(args) > 6:  # pool_timeout given by position
-                    raise TypeError("pass pool_timeout to urlopen() by keyword")
-                wait = kw.get("pool_timeout")
-                wait = self.pool_timeout if wait is None else wait
-                kw["pool_timeout"] = left if wait is None else min(wait, left)
+            if left is not None and left <= 0:
+                # urllib3 passes retries by position when it retries: (body, headers,
+                # retries, ...) after method and url.
+                retries = kw.get("retries", args[2] if len(args) > 2 else None)
+                history = getattr(retries, "history", ())
+                last = history[-1].error if history else None
+                raise retry.DeadlineExceededError(self, url, last)
             try:
                 return super().urlopen(method, url, *args, **kw)
             except (Urllib3TimeoutError, EmptyPoolError, MaxRetryError) as exc:

@@ -170,41 +170,46 @@ def test_slow_upstream_times_out_at_the_read_timeout_once(one: Registry, upstrea
         reg.close()
 
 
-def test_deadline_cuts_the_read_timeout(one: Registry, upstream: Upstream):
-    """With a 15 s read timeout, a call given deadline=0.3 gives up in well under 15 s."""
+@pytest.mark.parametrize("reused", [False, True])
+def test_deadline_cuts_the_read_timeout(one: Registry, upstream: Upstream, reused: bool):
+    """With a 15 s read timeout, a call given deadline=0.3 gives up in well under 15 s, as
+    DeadlineExceededError, on a new connection as on a reused one; it was sent once."""
+    if reused:
+        assert one.request("GET", upstream.url + "/warm").status == 200
+    opened = one.stats().totals()["connections_opened"]
+    request_id = rid()
     started = time.monotonic()
-    with pytest.raises(ReadTimeoutError):
-        one.request("GET", upstream.url + "/slow?seconds=2", deadline=0.3)
+    with pytest.raises(DeadlineExceededError):
+        one.request("GET", upstream.url + "/slow?seconds=2", deadline=0.3,
+                    headers={"X-Request-Id": request_id})
     assert time.monotonic() - started < 1.5
+    assert upstream.stats()["received"][request_id] == 1
+    assert one.stats().totals()["connections_opened"] == opened + (0 if reused else 1)
 
 
 @pytest.mark.parametrize("given", [Timeout(connect=2.0, read=7.0), Timeout(connect=2.0, read=7.0,
-                                   total=3.0), 4.0, None, Timeout.DEFAULT_TIMEOUT])
-def test_validated_timeout_behaves_as_urllib3s(given: object):
-    """Copies and cuts of the pools' timeout give urllib3 the values its own ``Timeout``
-    would, each copy with a clock of its own."""
-    vt = retry_module.ValidatedTimeout.of(given)
-    plain = given if isinstance(given, Timeout) else Timeout.from_float(given)  # type: ignore[arg-type]
-    for mine, theirs in ((vt.clone(), plain.clone()),
-                         (vt.cut(2.5), Timeout(connect=plain._connect, read=plain._read,
-                                               total=min(plain.total, 2.5) if isinstance(
-                                                   plain.total, float) else 2.5))):
-        assert type(mine) is retry_module.ValidatedTimeout
-        assert (mine.connect_timeout, mine.total) == (theirs.connect_timeout, theirs.total)
+                                   total=3.0), Timeout(total=4.0), Timeout(None)])
+def test_validated_timeout_behaves_as_urllib3s(given: Timeout):
+    """A copy of the pools' timeout gives urllib3 the values its own copy would, with a
+    clock of its own."""
+    vt = retry_module.ValidatedTimeout(connect=given._connect, read=given._read,
+                                       total=given.total)
+    mine, theirs = vt.clone(), given.clone()
+    assert type(mine) is retry_module.ValidatedTimeout
+    assert (mine.connect_timeout, mine.total) == (theirs.connect_timeout, theirs.total)
+    mine.start_connect()
+    theirs.start_connect()
+    assert mine.read_timeout == pytest.approx(theirs.read_timeout, abs=0.05)
+    with pytest.raises(TimeoutStateError):
         mine.start_connect()
-        theirs.start_connect()
-        assert mine.read_timeout == pytest.approx(theirs.read_timeout, abs=0.05)
-        with pytest.raises(TimeoutStateError):
-            mine.start_connect()
-    assert vt._start_connect is None  # the copies' clocks are their own
-    assert retry_module.ValidatedTimeout.of(vt) is vt
+    assert vt._start_connect is None  # the copy's clock is its own
 
 
 def test_validated_timeout_still_rejects_bad_values():
     with pytest.raises(ValueError, match="read"):
         retry_module.ValidatedTimeout(connect=1.0, read=-1)
     with pytest.raises(ValueError, match="boolean"):
-        retry_module.ValidatedTimeout.of(True)
+        retry_module.ValidatedTimeout(total=True)
 
 
 def test_connect_retries_stop_at_the_deadline():
@@ -260,6 +265,19 @@ def test_deadline_is_per_call_and_nested_calls_share_it():
             inner = retry_module.remaining()
         assert outer is not None and inner is not None and inner <= outer <= 10
     assert retry_module.remaining() is None
+
+
+def test_each_wait_is_bounded_by_what_is_left_of_the_deadline():
+    """A wait's timeout is cut to what is left, never to 0 (a non-blocking socket), and is
+    left alone outside a call or when the deadline allows it."""
+    assert retry_module.bounded(5.0) == 5.0
+    assert retry_module.bounded(None) is None
+    with retry_module.deadline(10):
+        assert retry_module.bounded(3.0) == 3.0
+        assert 9 < retry_module.bounded(60.0) <= 10  # type: ignore[operator]
+        assert 9 < retry_module.bounded(None) <= 10  # type: ignore[operator]
+    with retry_module.deadline(0.0):
+        assert retry_module.bounded(5.0) == retry_module.bounded(None) == 0.001
 
 
 # --- secrets in logs -------------------------------------------------------------------
