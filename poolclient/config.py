@@ -262,7 +262,7 @@ class Settings:
         20.0,
         positive_seconds,
         "Seconds one call may take until its response arrives: pool wait, connects, retries "
-        "with their backoff, and reads. Each attempt's timeouts are cut to what is left. "
+        "with their backoff, and reads. Each wait's timeout is cut to what is left when it starts. "
         "Keep it below gunicorn's --timeout (30 s), or a sync worker is killed, not answered.",
     )
     backoff: float = _setting(

@@ -224,8 +224,8 @@ class Registry:
         """Send a request through the shared pools; arguments as urllib3's ``request()``.
 
         :param deadline: seconds the call may take: pool wait, connects, retries, redirects
-            and reads, each read's timeout cut to what is left when its attempt starts (a
-            body trickled in slowly is bounded per read, not in total);
+            and reads, each wait's timeout cut to what is left when it starts (a body
+            trickled in slowly is bounded per read, not in total);
             ``POOLCLIENT_DEADLINE`` by default.
         :raises DeadlineExceededError: a ``ReadTimeoutError``, when the deadline passed.
         """
