@@ -263,11 +263,21 @@ class CountedPool(_PoolBase):
 
     def _make_request(self, conn: Any, method: str, url: str, *args: Any,
                       **kwargs: Any) -> BaseHTTPResponse:
+        # One attempt; ``args`` and ``kwargs`` are urllib3's own, passed on as they are.
+        left = retry.remaining()
+        if left is not None and left <= 0:  # nothing is sent once the deadline has passed
+            self.stats.failed("deadline")
+            raise retry.DeadlineExceededError(self, url)
         # A connection with an open socket has carried a request before: pools never
         # pre-connect.
         reused = not conn.is_closed
+        if reused and events.isEnabledFor(logging.DEBUG):
+            _event("reused", conn, requests=conn.requests_sent + 1,
+                   idle_s=round(time.monotonic() - conn.idle_since, 3))
+        conn.requests_sent += 1
+        started = time.monotonic()
         try:
-            return self._attempt(conn, method, url, reused, args, kwargs)
+            return super()._make_request(conn, method, url, *args, **kwargs)
         except _NO_RESPONSE as exc:
             if not (reused and not args and _replayable(method, kwargs.get("body"))
                     and _retries_allowed(kwargs.get("retries"))):
@@ -283,38 +293,19 @@ class CountedPool(_PoolBase):
         except BaseException as exc:
             self.stats.failed(error_kind(exc))
             raise
-        try:
-            return self._attempt(conn, method, url, False, (), kwargs)
-        except BaseException as exc:
-            self.stats.failed(error_kind(exc))
-            raise
-
-    def _attempt(self, conn: Any, method: str, url: str, reused: bool, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> BaseHTTPResponse:
-        """One request on ``conn``, none once the deadline has passed.
-
-        ``args`` and ``kwargs`` are ``_make_request``'s own, passed as they are rather
-        than unpacked and packed again."""
-        left = retry.remaining()
-        if left is not None and left <= 0:
-            raise retry.DeadlineExceededError(self, url)
-        if reused and events.isEnabledFor(logging.DEBUG):
-            _event("reused", conn, requests=conn.requests_sent + 1,
-                   idle_s=round(time.monotonic() - conn.idle_since, 3))
-        conn.requests_sent += 1
-        started = time.monotonic()
-        try:
-            return super()._make_request(conn, method, url, *args, **kwargs)
         finally:
             self.stats.attempted(reused, time.monotonic() - started)
+        # Once more, on the same connection, which urllib3 now reconnects: no longer reused,
+        # so it is never sent a third time.
+        return self._make_request(conn, method, url, **kwargs)
 
     def urlopen(self, method: str, url: str, *args: Any, **kw: Any) -> BaseHTTPResponse:
         # Every attempt, retries and redirects included, comes through here: start the
         # deadline if the caller did not, and after a retry's backoff give up if it passed.
         # (begin and end, not ``with retry.deadline``: see there.)
-        started = retry.begin(self.deadline)
+        left = retry.remaining()
+        started = retry.begin(self.deadline) if left is None else None
         try:
-            left = retry.remaining()
             if left is not None and left <= 0:
                 # urllib3 passes retries by position when it retries: (body, headers,
                 # retries, ...) after method and url.

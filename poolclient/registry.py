@@ -119,10 +119,10 @@ class _ProcessPools(PoolManager):
         except TypeError:  # an unhashable setting: no shortcut
             return super().connection_from_host(host, port, scheme, pool_kwargs)
         if key is not None:
-            with self.pools.lock:
-                pool = self.pools.get(key)  # also refreshes its place in the LRU
-            if pool is not None:
-                return pool
+            try:
+                return self.pools[key]  # also refreshes its place in the LRU
+            except KeyError:  # closed since, to make room: made again below
+                pass
         if not host:
             raise LocationValueError("No host specified.")
         context = self._merge_pool_kwargs(pool_kwargs)
