@@ -7,6 +7,7 @@ The same behaviours under real gunicorn workers are in ``test_faults.py``.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -185,6 +186,21 @@ def test_deadline_cuts_the_read_timeout(one: Registry, upstream: Upstream, reuse
     assert time.monotonic() - started < 1.5
     assert upstream.stats()["received"][request_id] == 1
     assert one.stats().totals()["connections_opened"] == opened + (0 if reused else 1)
+
+
+def test_deadline_cuts_a_tls_handshake_that_never_completes():
+    """A listener that accepts and never answers the handshake: with a 5 s connect timeout
+    and deadline=0.3 the call gives up in well under 5 s, as DeadlineExceededError."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        reg = Registry(Settings(connect_timeout=5.0, connect_retries=0))
+        try:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                reg.request("GET", f"https://127.0.0.1:{silent.getsockname()[1]}/",
+                            deadline=0.3)
+            assert time.monotonic() - started < 1.5
+        finally:
+            reg.close()
 
 
 @pytest.mark.parametrize("given", [Timeout(connect=2.0, read=7.0), Timeout(connect=2.0, read=7.0,
