@@ -201,8 +201,8 @@ _seen: tuple[dict[Any, Any], dict[str, dict[str, str]]] = ({}, {})
 
 
 def environ_proxies(url: str) -> dict[str, str] | None:
-    """What ``requests.utils.get_environ_proxies(url)`` answers now (do not change it), or
-    ``None`` where it cannot be kept."""
+    """What ``requests.utils.get_environ_proxies(url)`` answers now (kept, so shared by
+    later calls: read it, never modify it), or ``None`` where it cannot be kept."""
     data = getattr(os.environ, "_data", None)
     if not _ENV_ONLY or not isinstance(data, dict):
         return None

@@ -8,12 +8,14 @@ import json
 import os
 import re
 import subprocess
+import threading
 
 import urllib3
 import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 from poolclient import PoolClientMiddleware, Registry, Settings, metrics
+from poolclient import stats as stats_module
 from poolclient.stats import PoolStats
 from tests.helpers import Upstream, health_by_worker, load, wait_for
 
@@ -91,8 +93,6 @@ def test_requests_reach_the_sink_in_batches_at_most_once_a_second(monkeypatch):
     """Batches: the first return publishes; later ones within PUBLISH_EVERY wait for the
     publisher (scheduled once), whether or not the pool is quiet; a return after that
     publishes; publish_all() hands over what waits. Their sum is every event."""
-    from poolclient import stats as stats_module
-
     clock = [100.0]
     scheduled: list[PoolStats] = []
     monkeypatch.setattr(stats_module.time, "monotonic", lambda: clock[0])
@@ -133,10 +133,6 @@ def test_requests_reach_the_sink_in_batches_at_most_once_a_second(monkeypatch):
 
 def test_the_publisher_thread_hands_over_waiting_batches(monkeypatch):
     """Without more requests, a waiting batch reaches the sink within PUBLISH_EVERY."""
-    import threading
-
-    from poolclient import stats as stats_module
-
     monkeypatch.setattr(stats_module, "PUBLISH_EVERY", 0.05)
     arrived = threading.Event()
 
