@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -204,17 +205,21 @@ class Gunicorn:
 
 
 def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",),
-         headers: dict[str, str] | None = None) -> Counter:
-    """``clients`` keep-alive clients calling ``url`` for ``seconds``; outcomes counted."""
+         headers: dict[str, str] | None = None, requests: int | None = None) -> Counter:
+    """``clients`` keep-alive clients calling ``url`` for ``seconds`` (or, given
+    ``requests``, until that many are sent, ``seconds`` then only a cap); outcomes counted."""
     deadline = time.monotonic() + seconds
     totals: Counter = Counter()
     lock = threading.Lock()
+    tickets = itertools.count()  # next() on it is atomic: no two clients take the same one
 
     def client(n: int) -> None:
         seen: Counter = Counter()
         with urllib3.PoolManager(maxsize=1, retries=False) as http:
             i = n
             while time.monotonic() < deadline:
+                if requests is not None and next(tickets) >= requests:
+                    break
                 path = paths[i % len(paths)]
                 i += 1
                 try:

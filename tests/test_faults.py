@@ -304,19 +304,18 @@ def test_max_requests_recycling_under_load(gunicorn, upstream, record_property):
     watcher = threading.Thread(target=watch_master)
     watcher.start()
     try:
-        outcomes = load(server.url, clients=8, seconds=6, paths=("/upstream/items",),
-                        headers={"Connection": "close"})
+        outcomes = load(server.url, clients=8, seconds=120, paths=("/upstream/items",),
+                        headers={"Connection": "close"}, requests=2000)
     finally:
         stop.set()
         watcher.join()
     record_property("figures", {"outcomes": dict(outcomes),
                                 "restarts": server.log().count("Autorestarting worker"),
                                 "master_socket_samples": len(master_sockets)})
-    assert set(outcomes) == {200}, outcomes
-    assert outcomes[200] > 900  # at least three generations of workers
+    assert outcomes == {200: 2000}, outcomes  # several generations of workers
     assert "Autorestarting worker" in server.log()
     assert server.worker_pids() != first
-    assert len(master_sockets) > 20 and set(master_sockets) == {0}
+    assert len(master_sockets) >= 5 and set(master_sockets) == {0}  # sampled throughout
     wait_for(lambda: upstream.stats()["open"] <= 2 * 4, 10, "recycled workers' connections "
              "to close")
 

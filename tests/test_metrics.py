@@ -251,10 +251,15 @@ def test_multiprocess_directory_lifecycle_over_worker_restarts(gunicorn, upstrea
     assert total(samples, "poolclient_requests_total", port=port) == seen["requests"]
     assert total(samples, "poolclient_connections_opened_total", port=port) == len(
         seen["connections"])
-    live = server.worker_pids()
-    gauge_pids = {int(path.rsplit("_", 1)[1][:-3])
-                  for path in glob.glob(str(directory / "gauge_livesum_*.db"))}
-    assert gauge_pids <= live, "a dead worker's gauges are still counted"
+
+    def gauge_pids() -> set[int]:
+        return {int(path.rsplit("_", 1)[1][:-3])
+                for path in glob.glob(str(directory / "gauge_livesum_*.db"))}
+
+    # A poll: the scrapes count as requests too, so a worker may be recycled right now,
+    # and the master drops its gauges only after reaping it.
+    wait_for(lambda: gauge_pids() <= server.worker_pids(), 10,
+             "the master to drop every dead worker's gauges")
     assert total(samples, "poolclient_connections", port=port) <= 2 * 2
     server.stop()
     assert directory.is_dir()
@@ -313,6 +318,7 @@ def test_plot_from_a_real_run(gunicorn, upstream: Upstream, tmp_path):
     """app.metrics_plot scrapes a loaded gunicorn and writes a PNG; its last totals are the
     upstream's own counts."""
     from app.metrics_plot import plot, record
+    from app.metrics_plot import scrape as scrape_totals
 
     server = gunicorn(["-w", "2", "--threads", "2"],
                       {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca})
@@ -320,6 +326,12 @@ def test_plot_from_a_real_run(gunicorn, upstream: Upstream, tmp_path):
     def during() -> None:
         outcomes = load(server.url, clients=4, seconds=1.5, paths=("/upstream/items",))
         assert set(outcomes) == {200}
+        # The worker not answering a scrape publishes its last batch up to PUBLISH_EVERY
+        # later: wait for it, so that the scrapes after this one see the final totals.
+        sent = upstream.stats()["requests"]
+        with urllib3.PoolManager(retries=False) as http:
+            wait_for(lambda: scrape_totals(server.url, http).get(
+                "poolclient_requests_total") == sent, 10, "every worker's batch published")
 
     series = record(server.url, seconds=2.0, interval=0.25, during=during)
     out = tmp_path / "metrics.png"
