@@ -125,7 +125,8 @@ class _CountedHTTPSConnection(_CountsConnects, ResumingConnection, HTTPSConnecti
 
 
 class _CountedQueue(queue.LifoQueue[Any]):
-    """The pool's LIFO of idle connections, which notices when a caller must wait.
+    """The pool's LIFO of idle connections, which notices when a caller must wait (and when
+    a connection is discarded for want of room).
 
     urllib3 fills it with ``maxsize`` placeholders; an empty queue therefore means every
     connection is checked out.
@@ -145,16 +146,13 @@ class _CountedQueue(queue.LifoQueue[Any]):
             conn = super().get(block=True, timeout=timeout)
         if conn is not None:
             # Lets the pool tell urllib3's "dropped by the peer" close from its own.
-            conn.open_at_checkout = not conn.is_closed
-            if conn.open_at_checkout:
-                self.stats.idle_changed(-1)
+            # (``is_closed`` without the property call: this is every request's path.)
+            conn.open_at_checkout = conn.sock is not None
         return conn
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         try:
             super().put(item, block=block, timeout=timeout)
-            if item is not None and not item.is_closed:
-                self.stats.idle_changed(+1)
         except queue.Full:
             if item is not None:
                 self.stats.discarded_one()
@@ -195,7 +193,12 @@ class CountedPool(_PoolBase):
         self.stats.publish()  # what a worker's last requests did, before it exits
 
     def _new_pool_queue(self, maxsize: int) -> queue.LifoQueue[Any]:
-        return _CountedQueue(maxsize, self.stats)
+        q = _CountedQueue(maxsize, self.stats)
+        # The queue's method, not the pool's: a reference from the stats to the pool would
+        # keep an evicted pool, and its sockets, alive until the garbage collector runs
+        # (urllib3 closes them when the pool is freed).
+        self.stats.idle = q.idle
+        return q
 
     def _new_conn(self) -> Any:
         conn = super()._new_conn()
@@ -256,10 +259,6 @@ class CountedPool(_PoolBase):
         # times with the connect timeout it has just set.
         conn.timeout = retry.bounded(conn.timeout)
         super()._validate_conn(conn)
-
-    def _idle(self) -> int:
-        q = self.pool  # None once closed
-        return q.idle() if isinstance(q, _CountedQueue) else 0
 
     def _make_request(self, conn: Any, method: str, url: str, *args: Any,
                       **kwargs: Any) -> BaseHTTPResponse:
@@ -330,7 +329,7 @@ class CountedPool(_PoolBase):
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
         return self.stats.snapshot(str(self.scheme), self.host, int(self.port or 0),
-                                   self._idle())
+                                   self.stats.idle())
 
 
 class CountedHTTPConnectionPool(CountedPool, HTTPConnectionPool):

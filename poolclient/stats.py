@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -94,12 +94,14 @@ class PoolStats:
     """Thread-safe event counters of one pool.
 
     ``in_use`` is checkouts minus checkins; ``idle`` is not counted here but read from the
-    pool's queue when a snapshot is taken, so it can never drift.
+    pool's queue, by ``idle``, when a snapshot or a batch is made, so it can never drift.
     """
 
-    def __init__(self, maxsize: int, sink: EventSink | None = None) -> None:
+    def __init__(self, maxsize: int, sink: EventSink | None = None,
+                 idle: Callable[[], int] = lambda: 0) -> None:
         self.maxsize = maxsize
         self.sink = sink
+        self.idle = idle
         self._lock = threading.Lock()
         self._opened = 0
         self._requests = 0
@@ -114,10 +116,9 @@ class PoolStats:
         # For the sink (kept only when there is one): what the last batch had reached,
         # so that a batch's counts are the counters' differences, and what only the
         # batches carry.
-        self._published = (0, 0, 0, 0)  # requests, reused, waits, in_use
+        self._published = (0, 0, 0, 0, 0)  # requests, reused, waits, in_use, idle
         self._wait_times: list[float] = []
         self._durations: list[float] = []
-        self._idle_moves: deque[int] = deque()
         self._publish_at = 0.0
         self._scheduled = False  # a batch is waiting for the publisher thread
 
@@ -180,26 +181,18 @@ class PoolStats:
         with self._lock:
             self._publish_at = time.monotonic() + PUBLISH_EVERY
             self._scheduled = False
-            now = (self._requests, self._reused, self._waits, self._in_use)
+            # idle read under the lock too: concurrent batches then carry moves that add up
+            # to what the queue holds, whichever reaches the sink first.
+            now = (self._requests, self._reused, self._waits, self._in_use, self.idle())
             last, self._published = self._published, now
             batch = Batch(requests=now[0] - last[0], reused=now[1] - last[1],
                           waited=now[2] - last[2], in_use=now[3] - last[3],
-                          waits=self._wait_times, durations=self._durations)
+                          idle=now[4] - last[4], waits=self._wait_times,
+                          durations=self._durations)
             self._wait_times, self._durations = [], []
-        moves = self._idle_moves
-        while moves:
-            batch.idle += moves.popleft()
         if self.sink is not None and (batch.requests or batch.waits or batch.waited
                                       or batch.in_use or batch.idle):
             self.sink.publish(batch)
-
-    def idle_changed(self, delta: int) -> None:
-        """An open connection entered (+1) or left (-1) the idle queue. Only the sink keeps
-        this (as increments, which commute, so concurrent batches never leave it stale);
-        snapshots read idle from the queue itself. No lock: ``deque.append`` and
-        ``popleft`` are atomic, and this runs twice per request."""
-        if self.sink is not None:
-            self._idle_moves.append(delta)
 
     def waited(self) -> None:
         """A caller found every connection in use and had to wait (in the batch: waits come

@@ -49,22 +49,23 @@ def test_golden_text_in_process():
     and 0.2 s, one timeout, 1 idle and 0 in use at the end)."""
     sink = metrics.pool_sink("https", "golden.example", 443)
     assert sink is not None
-    stats = PoolStats(4, sink)
+    idle = [0]  # what the pool's queue would hold
+    stats = PoolStats(4, sink, lambda: idle[0])
     stats.opened()
     stats.checked_out(0.0)
     stats.attempted(False, 0.02)
-    stats.idle_changed(+1)
+    idle[0] = 1
     stats.checked_in()
     stats.waited()
     stats.checked_out(0.75)
-    stats.idle_changed(-1)
+    idle[0] = 0
     stats.attempted(True, 0.003)
     stats.failed("timeout")
     stats.expired_one()
     stats.retried_one()
     stats.opened()
     stats.attempted(False, 0.2)
-    stats.idle_changed(+1)
+    idle[0] = 1
     stats.checked_in()
     body, ctype = metrics.render()
     assert ctype.startswith("text/plain; version=")
@@ -98,7 +99,8 @@ def test_requests_reach_the_sink_in_batches_at_most_once_a_second(monkeypatch):
     monkeypatch.setattr(stats_module.time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(stats_module, "_schedule", scheduled.append)
     sink = _Recorder()
-    stats = PoolStats(4, sink)
+    idle = [0]  # what the pool's queue would hold
+    stats = PoolStats(4, sink, lambda: idle[0])
     stats.checked_out(0.0)
     stats.waited()
     stats.checked_out(0.5)
@@ -107,9 +109,9 @@ def test_requests_reach_the_sink_in_batches_at_most_once_a_second(monkeypatch):
     assert len(sink.batches) == 1 and scheduled == []
     stats.checked_out(0.0)
     stats.attempted(True, 0.02)
-    stats.idle_changed(+1)
+    idle[0] = 2
     stats.checked_in()  # published 0 s ago: left for the publisher
-    stats.idle_changed(-1)
+    idle[0] = 1
     stats.checked_in()  # quiet, and still left for it, scheduled once
     assert len(sink.batches) == 1 and scheduled == [stats]
     clock[0] += stats_module.PUBLISH_EVERY
@@ -126,7 +128,7 @@ def test_requests_reach_the_sink_in_batches_at_most_once_a_second(monkeypatch):
     assert sum(b.reused for b in sink.batches) == 2
     assert sum(b.waited for b in sink.batches) == 1
     assert sum(b.in_use for b in sink.batches) == 0
-    assert sum(b.idle for b in sink.batches) == 0
+    assert [b.idle for b in sink.batches] == [0, 1, 0]  # the queue's moves, read per batch
     assert sorted(w for b in sink.batches for w in b.waits) == [0.0, 0.0, 0.0, 0.0, 0.5]
     assert sorted(d for b in sink.batches for d in b.durations) == [0.01, 0.02, 0.03]
 

@@ -6,6 +6,7 @@ The same behaviours under real gunicorn workers are in ``test_faults.py``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
@@ -24,6 +25,7 @@ from urllib3.exceptions import (
 )
 from urllib3.util import Timeout
 
+from app.upstream import loopback_hosts
 from poolclient import DeadlineExceededError, Registry, Settings
 from poolclient import retry as retry_module
 from poolclient.redact import redact
@@ -152,6 +154,25 @@ def test_connection_past_max_lifetime_is_retired_after_its_request(upstream: Ups
         assert totals["connections_opened"] == len(upstream.stats()["connections"])
     finally:
         reg.close()
+
+
+def test_an_evicted_pool_closes_its_connections_without_the_garbage_collector(tmp_path):
+    """POOLCLIENT_MAX_HOSTS=1 over three hosts, with the garbage collector off: each pool
+    evicted is freed at once, and urllib3 then closes its connection, so nothing that
+    refers back to a pool (as its counters might) may keep it alive."""
+    upstream = start_upstream(str(tmp_path / "up"), "--hosts", "3")
+    reg = make(upstream, max_hosts=1)
+    gc.disable()
+    try:
+        for host in loopback_hosts(3):
+            assert reg.request("GET", f"https://{host}:{upstream.port}/a").status == 200
+        assert len(upstream.stats()["connections"]) == 3
+        wait_for(lambda: upstream.stats()["open"] == 1, 10, "the evicted pools' connections "
+                 "to close")
+    finally:
+        gc.enable()
+        reg.close()
+        upstream.stop()
 
 
 # --- deadline and backoff --------------------------------------------------------------
