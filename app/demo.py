@@ -2,7 +2,8 @@
 
 With ``UPSTREAM_URL`` unset, it starts the demo HTTPS upstream (:mod:`app.upstream`) on a
 free loopback port with a CA generated into ``run/certs``, and trusts that CA through
-``POOLCLIENT_CA_BUNDLE``. Then it runs gunicorn with ``gunicorn.conf.py``; Ctrl-C stops both.
+``POOLCLIENT_CA_BUNDLE``. Then it runs gunicorn with ``gunicorn.conf.py``; Ctrl-C, or a
+SIGINT or SIGTERM sent to this process alone, stops both.
 
 ``python -m app.demo app.flask_example:app`` (``make run APP=...``) runs another WSGI app
 the same way: the Flask or Django example (``app.django_example:application``).
@@ -53,6 +54,9 @@ def main() -> None:
     try:
         code = gunicorn.wait()
     except KeyboardInterrupt:
+        # A terminal's Ctrl-C reached gunicorn too (a second SIGINT changes nothing there);
+        # a SIGINT sent to this process alone did not.
+        gunicorn.send_signal(signal.SIGINT)
         code = gunicorn.wait()
     finally:
         if upstream is not None:

@@ -161,17 +161,19 @@ def test_an_evicted_pool_closes_its_connections_without_the_garbage_collector(tm
     evicted is freed at once, and urllib3 then closes its connection, so nothing that
     refers back to a pool (as its counters might) may keep it alive."""
     upstream = start_upstream(str(tmp_path / "up"), "--hosts", "3")
-    reg = make(upstream, max_hosts=1)
-    gc.disable()
     try:
-        for host in loopback_hosts(3):
-            assert reg.request("GET", f"https://{host}:{upstream.port}/a").status == 200
-        assert len(upstream.stats()["connections"]) == 3
-        wait_for(lambda: upstream.stats()["open"] == 1, 10, "the evicted pools' connections "
-                 "to close")
+        reg = make(upstream, max_hosts=1)
+        gc.disable()
+        try:
+            for host in loopback_hosts(3):
+                assert reg.request("GET", f"https://{host}:{upstream.port}/a").status == 200
+            assert len(upstream.stats()["connections"]) == 3
+            wait_for(lambda: upstream.stats()["open"] == 1, 10, "the evicted pools' "
+                     "connections to close")
+        finally:
+            gc.enable()
+            reg.close()
     finally:
-        gc.enable()
-        reg.close()
         upstream.stop()
 
 
