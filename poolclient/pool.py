@@ -328,8 +328,7 @@ class CountedPool(_PoolBase):
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
-        return self.stats.snapshot(str(self.scheme), self.host, int(self.port or 0),
-                                   self.stats.idle())
+        return self.stats.snapshot(str(self.scheme), self.host, int(self.port or 0))
 
 
 class CountedHTTPConnectionPool(CountedPool, HTTPConnectionPool):

@@ -156,7 +156,7 @@ class PoolStats:
                 self._wait_times.append(waited)
 
     def checked_in(self) -> None:
-        """A connection came back (after its idle move, if any): the moment a batch is
+        """A connection came back (into the queue, if kept): the moment a batch is
         handed to the sink, if the last one is old enough; otherwise the publisher
         thread hands it over within :data:`PUBLISH_EVERY`."""
         if self.sink is None:
@@ -236,7 +236,8 @@ class PoolStats:
         if self.sink is not None:
             self.sink.retried()
 
-    def snapshot(self, scheme: str, host: str, port: int, idle: int) -> PoolSnapshot:
+    def snapshot(self, scheme: str, host: str, port: int) -> PoolSnapshot:
+        """The counters now, and ``idle`` read from the queue, under one lock."""
         with self._lock:
             return PoolSnapshot(
                 scheme=scheme,
@@ -247,7 +248,7 @@ class PoolStats:
                 requests=self._requests,
                 reused=self._reused,
                 in_use=self._in_use,
-                idle=idle,
+                idle=self.idle(),
                 waits=self._waits,
                 discarded=self._discarded,
                 errors=self._errors,

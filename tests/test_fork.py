@@ -240,7 +240,7 @@ def test_pid_check_rebuilds_pools_when_the_at_fork_handler_was_skipped(registry,
             "handler_ran": handler_ran,
             "conn": conn,
             "new_state": state is not inherited_state and state.pid == os.getpid(),
-            "inherited_requests": inherited_pool.stats.snapshot("", "", 0, 0).requests,
+            "inherited_requests": inherited_pool.stats.snapshot("", "", 0).requests,
             "inherited_pool_open": inherited_pool.pool is not None,
             "pid": os.getpid(),
         }
