@@ -20,6 +20,12 @@ Paths (any method; a request body is read and discarded):
 - ``/set-cookie?name=N&value=V``: answers with ``Set-Cookie: N=V; Path=/``;
 - ``/headers``: ``{"headers": {name: value}}``, the request headers as received;
 - ``/redirect?to=URL``: 302 to URL;
+- ``/header-lines``: ``{"lines": [[name, value], ...]}``, the request's header lines in
+  the order received, repeats kept;
+- ``/repeated-headers``: answers ``Set-Cookie: a=1``, ``X-Between: 1``, ``Set-Cookie: b=2``;
+- ``/gzip``: a JSON body sent with ``Content-Encoding: gzip``;
+- the OpenAI and Anthropic endpoints, and ``/sse``, of :mod:`app.sdk_api`; ``POST
+  /_upstream/gate/NAME`` opens its gate NAME (not counted);
 - anything else: ``{"path", "query", "method", "body_length", "connection", "request",
   "server_pid"}``.
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import itertools
 import json
 import os
@@ -48,6 +55,8 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from app import sdk_api
 
 STATS_PATH = "/_upstream/stats"
 GARBAGE = b"this is not HTTP at all\r\n\r\n"
@@ -73,6 +82,12 @@ class Record:
         self._received: collections.Counter[str] = collections.Counter()
         self._methods: collections.Counter[str] = collections.Counter()
         self._dropped = 0
+        self._body_bytes = 0
+
+    def body_bytes(self, n: int) -> None:
+        """``n`` more bytes of some request body arrived (counted as they arrive)."""
+        with self._lock:
+            self._body_bytes += n
 
     def new_connection(self, peer: str, local: str) -> int:
         with self._lock:
@@ -113,6 +128,7 @@ class Record:
             received = dict(self._received)
             methods = dict(self._methods)
             dropped = self._dropped
+            body_bytes = self._body_bytes
         return {
             "connections": conns,
             "requests": sum(c["requests"] for c in conns),
@@ -120,6 +136,7 @@ class Record:
             "received": received,
             "duplicates": sorted(rid for rid, n in received.items() if n > 1),
             "dropped": dropped,
+            "body_bytes": body_bytes,
             "methods": methods,
             # Like "connections", only those with counted requests: control calls aside.
             "hosts_seen": len({c["local"] for c in conns}),
@@ -166,16 +183,21 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _read_body(self) -> int:
-        """Read and discard the request body, so the next request on the connection parses."""
+    def _read_body(self) -> bytes:
+        """Read the request body (counting its bytes as they arrive), so the next request
+        on the connection parses."""
+        record = self.server.record
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            total = 0
+            parts = []
             while size := int(self.rfile.readline().split(b";")[0], 16):
-                total += len(self.rfile.read(size + 2)) - 2
+                parts.append(self.rfile.read(size + 2)[:-2])
+                record.body_bytes(len(parts[-1]))
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                 pass  # trailers
-            return total
-        return len(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            return b"".join(parts)
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        record.body_bytes(len(body))
+        return body
 
     def _reset(self) -> None:
         self.send_response(200)
@@ -194,10 +216,14 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         # Past the request line: a slow body or a /slow answer is not an idle connection.
         self.connection.settimeout(None)
-        body_length = self._read_body()
+        body = self._read_body()
         url = urlsplit(self.path)
         if url.path == STATS_PATH:
             self._answer(200, json.dumps(self.server.record.as_json()).encode())
+            return
+        if url.path.startswith("/_upstream/gate/"):
+            self.server.gates.event(url.path.rsplit("/", 1)[1]).set()
+            self._answer(200, b"{}")
             return
         record = self.server.record
         n = record.request(self.conn_id, self.headers.get("X-Client-Pid"), self.command,
@@ -207,6 +233,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # not a byte: the client meets a closed connection
             return
         query = parse_qs(url.query)
+        if sdk_api.handles(url.path):
+            sdk_api.answer(self, url.path, query, body, self.server.gates)
+            return
         if url.path == "/drop-next":
             self.drop_next = True
         elif url.path == "/reset":
@@ -228,6 +257,17 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/headers":
             self._answer(200, json.dumps({"headers": dict(self.headers.items())}).encode())
             return
+        elif url.path == "/header-lines":
+            self._answer(200, json.dumps({"lines": self.headers.items()}).encode())
+            return
+        elif url.path == "/repeated-headers":
+            self._answer(200, b"{}", headers=[("Set-Cookie", "a=1"), ("X-Between", "1"),
+                                              ("Set-Cookie", "b=2")])
+            return
+        elif url.path == "/gzip":
+            self._answer(200, gzip.compress(json.dumps({"gzip": True}).encode()),
+                         headers=[("Content-Encoding", "gzip")])
+            return
         elif url.path == "/redirect":
             to = query.get("to", ["/"])[0]
             self._answer(302, json.dumps({"location": to}).encode(), headers=[("Location", to)])
@@ -237,7 +277,7 @@ class Handler(BaseHTTPRequestHandler):
             name, value = query.get("name", ["cookie"])[0], query.get("value", [""])[0]
             headers.append(("Set-Cookie", f"{name}={value}; Path=/"))
         body = {"path": url.path, "query": url.query, "method": self.command,
-                "body_length": body_length, "connection": self.conn_id, "request": n,
+                "body_length": len(body), "connection": self.conn_id, "request": n,
                 "server_pid": os.getpid()}
         self._answer(200, json.dumps(body).encode(), headers=headers)
 
@@ -255,6 +295,7 @@ class UpstreamServer(ThreadingHTTPServer):
                  hosts: int = 1, idle_close: float | None = None) -> None:
         super().__init__(address, Handler)
         self.record = Record()
+        self.gates = sdk_api.Gates()
         self.idle_close = idle_close
         self.hosts = loopback_hosts(hosts, address[0])
         port = self.server_address[1]

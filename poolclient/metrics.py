@@ -80,6 +80,10 @@ def _make_families() -> dict[str, Any]:
         "connections": Gauge("poolclient_connections", "Connections now, by state.",
                              (*LABELS, "state"), registry=registry,
                              multiprocess_mode="livesum"),
+        "streaming": Gauge("poolclient_connections_streaming",
+                           "Connections in use held by responses whose body is still being "
+                           "read (streams: SSE, downloads).", LABELS, registry=registry,
+                           multiprocess_mode="livesum"),
         "wait": Histogram("poolclient_pool_wait_seconds", "Time to get a connection.",
                           LABELS, registry=registry, buckets=WAIT_BUCKETS),
         "duration": Histogram("poolclient_request_duration_seconds",
@@ -109,12 +113,13 @@ class PrometheusSink:
         self._retried = families["retried"].labels(*labels)
         self._opened = families["opened"].labels(*labels)
         self._closed = {reason: families["closed"].labels(*labels, reason)
-                        for reason in ("expired", "retired", "discarded")}
+                        for reason in ("expired", "retired", "discarded", "unread")}
         self._errors = families["errors"]
         self._labels = labels
         self._waits = families["waits"].labels(*labels)
         self._idle = families["connections"].labels(*labels, "idle")
         self._in_use = families["connections"].labels(*labels, "in_use")
+        self._streaming = families["streaming"].labels(*labels)
         self._wait = families["wait"].labels(*labels)
         self._duration = families["duration"].labels(*labels)
 
@@ -129,6 +134,8 @@ class PrometheusSink:
             self._in_use.inc(batch.in_use)
         if batch.idle:
             self._idle.inc(batch.idle)
+        if batch.streaming:
+            self._streaming.inc(batch.streaming)
         _observe_all(self._wait, batch.waits)
         _observe_all(self._duration, batch.durations)
 

@@ -97,6 +97,7 @@ class _CountsConnects(_ConnectionBase):
     idle_since = 0.0  # monotonic time it was last returned to the pool
     open_at_checkout = False  # set by the queue: had a socket when taken
     requests_sent = 0  # on this socket
+    streaming = False  # held by a response handed to its caller, the body still to read
 
     def connect(self) -> None:
         started = time.monotonic()
@@ -234,15 +235,32 @@ class CountedPool(_PoolBase):
         return conn
 
     def _put_conn(self, conn: Any) -> None:
+        streamed = False
         if conn is not None:
             now = time.monotonic()
             if not conn.is_closed and self._too_old(conn, now):
                 self._retire(conn, now)  # after its request, before the next one
             conn.idle_since = now
+            streamed, conn.streaming = conn.streaming, False
         try:
             super()._put_conn(conn)
         finally:
-            self.stats.checked_in()
+            self.stats.checked_in(streamed)
+
+    def release_unread(self, response: BaseHTTPResponse) -> None:
+        """Give back the connection of ``response``, closed by its caller before its body
+        was read whole (an SSE consumer stops at its last event, before the chunked body's
+        end): kept if the rest of the body has arrived already, else closed and counted as
+        ``unread``, never put back half-read (urllib3's ``release_conn`` would)."""
+        conn = response.connection
+        if conn is None:  # read to the end: urllib3 gave it back
+            return
+        if not _rest_arrived(response):
+            response.close()  # the connection too
+            self.stats.unread_one()
+            if events.isEnabledFor(logging.DEBUG):
+                _event("unread", conn)
+        response.release_conn()
 
     def _too_old(self, conn: Any, now: float) -> bool:
         return self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime
@@ -313,7 +331,7 @@ class CountedPool(_PoolBase):
                 last = history[-1].error if history else None
                 raise retry.DeadlineExceededError(self, url, last)
             try:
-                return super().urlopen(method, url, *args, **kw)
+                response = super().urlopen(method, url, *args, **kw)
             except (Urllib3TimeoutError, EmptyPoolError, MaxRetryError) as exc:
                 # A timeout or a pool wait that the deadline cut short is the deadline's.
                 left = retry.remaining()
@@ -325,6 +343,11 @@ class CountedPool(_PoolBase):
         finally:
             if started is not None:
                 retry.end(started)
+        conn = getattr(response, "_connection", None)  # not released: the body is to read
+        if conn is not None and not conn.streaming:  # (a retry's urlopen returns it too)
+            conn.streaming = True
+            self.stats.streamed()
+        return response
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
@@ -357,6 +380,32 @@ def error_kind(exc: BaseException) -> str:
     if isinstance(exc, (ProtocolError, http.client.HTTPException, OSError)):
         return "protocol"
     return "other"
+
+
+# What may be read of an unread body's end without waiting for it: an SSE stream's last
+# chunk and terminator have usually arrived with its last event, or a few ms after it.
+_REST_BYTES = 65536
+_REST_WAIT = 0.005
+
+
+def _rest_arrived(response: BaseHTTPResponse) -> bool:
+    """Read the rest of ``response``'s body if it is short and there already (or within
+    ``_REST_WAIT``); whether it was, and urllib3 took the connection back."""
+    conn = response.connection
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return False
+    sock.settimeout(_REST_WAIT)  # the next request on it sets its own timeouts
+    left = _REST_BYTES
+    try:
+        while left > 0:
+            data = response.read1(left, decode_content=False)
+            if not data:
+                return response.connection is None
+            left -= len(data)
+    except Exception:  # noqa: BLE001 - any failure means: not there, close it
+        return False
+    return False
 
 
 def _retries_allowed(retries: object) -> bool:

@@ -26,6 +26,8 @@ from .probes import Check, Readiness
 from .stats import PoolSnapshot, RegistrySnapshot
 
 if TYPE_CHECKING:
+    import httpx
+    import httpx2
     import requests
     from urllib3.connectionpool import HTTPConnectionPool
     from urllib3.response import BaseHTTPResponse
@@ -259,6 +261,32 @@ class Registry:
         if pools.adapter is None:  # two threads may both build one; either will do
             pools.adapter = PoolAdapter(self)
         return pooled_session(self, pools.adapter)
+
+    def httpx2_transport(self, *, deadline: float | None = None,
+                         connect_retries: int | None = None) -> httpx2.BaseTransport:
+        """An ``httpx2`` transport on the shared pools, for the OpenAI and Anthropic SDKs::
+
+            openai.OpenAI(http_client=httpx2.Client(transport=pool.httpx2_transport()))
+
+        Safe to build at import: each request uses the pools of the process it runs in.
+        Closing it (or the client) closes nothing shared.
+
+        :param deadline: seconds a call may take until its response arrives;
+            ``POOLCLIENT_DEADLINE`` by default (raise it for slow, unstreamed completions).
+        :param connect_retries: ``POOLCLIENT_CONNECT_RETRIES`` by default; the SDK's own
+            retries come on top.
+        """
+        from .integrations.httpx2 import PoolTransport
+
+        return PoolTransport(self, deadline=deadline, connect_retries=connect_retries)
+
+    def httpx_transport(self, *, deadline: float | None = None,
+                        connect_retries: int | None = None) -> httpx.BaseTransport:
+        """An ``httpx`` transport on the shared pools: ``httpx.Client(transport=...)``;
+        arguments as :meth:`httpx2_transport`."""
+        from .integrations.httpx import PoolTransport
+
+        return PoolTransport(self, deadline=deadline, connect_retries=connect_retries)
 
     def ready(self) -> tuple[Check, ...]:
         """The ``POOLCLIENT_READY_URLS`` checks, cached for ``POOLCLIENT_READY_CACHE``."""

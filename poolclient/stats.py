@@ -42,6 +42,8 @@ class PoolSnapshot:
     expired: int
     retired: int
     retried: int
+    streaming: int = 0
+    unread: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -57,7 +59,7 @@ class RegistrySnapshot:
     def totals(self) -> dict[str, int]:
         """Counters summed over all pools (``maxsize`` excluded)."""
         names = ("connections_opened", "requests", "reused", "in_use", "idle", "waits",
-                 "discarded", "errors", "expired", "retired", "retried")
+                 "discarded", "errors", "expired", "retired", "retried", "streaming", "unread")
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
@@ -76,6 +78,7 @@ class Batch:
     waited: int = 0  # callers that found every connection in use
     in_use: int = 0
     idle: int = 0
+    streaming: int = 0
     waits: list[float] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
 
@@ -93,8 +96,11 @@ class EventSink(Protocol):
 class PoolStats:
     """Thread-safe event counters of one pool.
 
-    ``in_use`` is checkouts minus checkins; ``idle`` is not counted here but read from the
-    pool's queue, by ``idle``, when a snapshot or a batch is made, so it can never drift.
+    ``in_use`` is checkouts minus checkins; ``streaming``, the part of it held by responses
+    handed to their caller with the body still to read (a long stream starves a pool
+    without a single request waiting, until it does); ``idle`` is not counted here but read
+    from the pool's queue, by ``idle``, when a snapshot or a batch is made, so it can never
+    drift.
     """
 
     def __init__(self, maxsize: int, sink: EventSink | None = None,
@@ -113,10 +119,12 @@ class PoolStats:
         self._expired = 0
         self._retired = 0
         self._retried = 0
+        self._streaming = 0
+        self._unread = 0
         # For the sink (kept only when there is one): what the last batch had reached,
         # so that a batch's counts are the counters' differences, and what only the
         # batches carry.
-        self._published = (0, 0, 0, 0, 0)  # requests, reused, waits, in_use, idle
+        self._published = (0, 0, 0, 0, 0, 0)  # requests, reused, waits, in_use, idle, streaming
         self._wait_times: list[float] = []
         self._durations: list[float] = []
         self._publish_at = 0.0
@@ -127,7 +135,8 @@ class PoolStats:
             f"<PoolStats opened={self._opened} requests={self._requests} "
             f"reused={self._reused} in_use={self._in_use} waits={self._waits} "
             f"discarded={self._discarded} errors={self._errors} expired={self._expired} "
-            f"retired={self._retired} retried={self._retried}>"
+            f"retired={self._retired} retried={self._retried} streaming={self._streaming} "
+            f"unread={self._unread}>"
         )
 
     def opened(self) -> None:
@@ -155,17 +164,25 @@ class PoolStats:
             if self.sink is not None:
                 self._wait_times.append(waited)
 
-    def checked_in(self) -> None:
-        """A connection came back (into the queue, if kept): the moment a batch is
-        handed to the sink, if the last one is old enough; otherwise the publisher
-        thread hands it over within :data:`PUBLISH_EVERY`."""
+    def streamed(self) -> None:
+        """A response went to its caller holding its connection, the body still to read."""
+        with self._lock:
+            self._streaming += 1
+
+    def checked_in(self, streamed: bool = False) -> None:
+        """A connection came back (into the queue, if kept), from a response that
+        :meth:`streamed` if ``streamed``: the moment a batch is handed to the sink, if the
+        last one is old enough; otherwise the publisher thread hands it over within
+        :data:`PUBLISH_EVERY`."""
         if self.sink is None:
             with self._lock:
                 self._in_use -= 1
+                self._streaming -= streamed
             return
         now = time.monotonic()
         with self._lock:
             self._in_use -= 1
+            self._streaming -= streamed
             due = now >= self._publish_at
             if not due:
                 if self._scheduled:
@@ -183,15 +200,16 @@ class PoolStats:
             self._scheduled = False
             # idle read under the lock too: concurrent batches then carry moves that add up
             # to what the queue holds, whichever reaches the sink first.
-            now = (self._requests, self._reused, self._waits, self._in_use, self.idle())
+            now = (self._requests, self._reused, self._waits, self._in_use, self.idle(),
+                   self._streaming)
             last, self._published = self._published, now
             batch = Batch(requests=now[0] - last[0], reused=now[1] - last[1],
                           waited=now[2] - last[2], in_use=now[3] - last[3],
-                          idle=now[4] - last[4], waits=self._wait_times,
-                          durations=self._durations)
+                          idle=now[4] - last[4], streaming=now[5] - last[5],
+                          waits=self._wait_times, durations=self._durations)
             self._wait_times, self._durations = [], []
         if self.sink is not None and (batch.requests or batch.waits or batch.waited
-                                      or batch.in_use or batch.idle):
+                                      or batch.in_use or batch.idle or batch.streaming):
             self.sink.publish(batch)
 
     def waited(self) -> None:
@@ -221,6 +239,14 @@ class PoolStats:
             self._expired += 1
         if self.sink is not None:
             self.sink.closed("expired")
+
+    def unread_one(self) -> None:
+        """A connection was closed because its response was closed before its body was
+        read whole: what is left of the body would be read as the next response."""
+        with self._lock:
+            self._unread += 1
+        if self.sink is not None:
+            self.sink.closed("unread")
 
     def retired_one(self) -> None:
         """A connection was closed because it had lived longer than allowed."""
@@ -255,6 +281,8 @@ class PoolStats:
                 expired=self._expired,
                 retired=self._retired,
                 retried=self._retried,
+                streaming=self._streaming,
+                unread=self._unread,
             )
 
 
