@@ -44,7 +44,7 @@ bench: $(VENV)/.installed-bench tools
 # the built wheel into clean venvs offline.
 $(VENV)/wheelhouse: pyproject.toml $(VENV)/.installed-test
 	rm -rf $@.tmp
-	$(BIN)/python -m pip wheel --quiet --wheel-dir $@.tmp '.[gunicorn,gevent,prometheus]'
+	$(BIN)/python -m pip wheel --quiet --wheel-dir $@.tmp '.[gunicorn,gevent,prometheus,httpx2]'
 	rm -f $@.tmp/poolclient-*.whl
 	rm -rf $@ && mv $@.tmp $@
 

@@ -281,7 +281,7 @@ class Handler(BaseHTTPRequestHandler):
                 "server_pid": os.getpid()}
         self._answer(200, json.dumps(body).encode(), headers=headers)
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
 
 class UpstreamServer(ThreadingHTTPServer):

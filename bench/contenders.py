@@ -13,9 +13,12 @@ the worker's threads (urllib3's default of one connection would make it churn).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import httpx2
+import openai
 import requests
 import urllib3
 
@@ -77,3 +80,51 @@ def poolclient_session(environ: WSGIEnvironment,
         body = session.get(UPSTREAM).content
     return _answer(start_response, body)
 
+
+
+# The OpenAI SDK, calling /v1/chat/completions. Its default client trusts SSL_CERT_FILE
+# (httpx2 reads it), as a user would point it at a private CA; set here, whatever the
+# machine set it to.
+os.environ["SSL_CERT_FILE"] = CA
+API = UPSTREAM.rstrip("/") + "/v1"
+MESSAGES = [{"role": "user", "content": "ping"}]
+
+
+def _completion(client: openai.OpenAI) -> bytes:
+    done = client.chat.completions.create(model="bench", messages=MESSAGES)
+    return str(done.choices[0].message.content).encode()
+
+
+def openai_per_request(environ: WSGIEnvironment,
+                       start_response: StartResponse) -> Iterable[bytes]:
+    """An ``openai.OpenAI`` client built (and closed) per request, on its own httpx2 pool."""
+    with openai.OpenAI(base_url=API, api_key="bench") as client:
+        return _answer(start_response, _completion(client))
+
+
+_clients: dict[str, openai.OpenAI] = {}
+_clients_lock = threading.Lock()
+
+
+def _module_level(name: str, make: Callable[[], openai.OpenAI]) -> openai.OpenAI:
+    # Made on the first request, in the worker (no --preload here), once per process.
+    client = _clients.get(name)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(name) or _clients.setdefault(name, make())
+    return client
+
+
+def openai_shared(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """One module-level ``openai.OpenAI`` per worker, on httpx2's own default pool."""
+    client = _module_level("shared", lambda: openai.OpenAI(base_url=API, api_key="bench"))
+    return _answer(start_response, _completion(client))
+
+
+def openai_poolclient(environ: WSGIEnvironment,
+                      start_response: StartResponse) -> Iterable[bytes]:
+    """The same module-level client on ``environ['http.pool'].httpx2_transport()``."""
+    transport = environ["http.pool"].httpx2_transport
+    client = _module_level("pooled", lambda: openai.OpenAI(
+        base_url=API, api_key="bench", http_client=httpx2.Client(transport=transport())))
+    return _answer(start_response, _completion(client))

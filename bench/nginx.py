@@ -9,6 +9,7 @@ the log counts handshakes and resumptions at the server, whatever the client bel
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -59,8 +60,19 @@ SERVER = """\
             keepalive_timeout 0;
             return 200 '{{"ok":true}}\\n';
         }}
+        location /v1/chat/completions {{
+            return 200 '{completion}';
+        }}
     }}
 """
+
+
+# What /v1/chat/completions answers: an OpenAI chat completion, for the SDK contenders.
+COMPLETION = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "pong"}}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
 
 @dataclass
@@ -134,7 +146,8 @@ def nginx(directory: Path, servers: list[Server]) -> Iterator[Path]:
                 f.write(pem.bytes())
         server.port = free_port()
         blocks.append(SERVER.format(port=server.port, protocol=server.protocol,
-                                    dir=directory, name=server.name))
+                                    dir=directory, name=server.name,
+                                    completion=COMPLETION))
     (directory / "tmp").mkdir(exist_ok=True)
     conf = directory / "nginx.conf"
     conf.write_text(CONF.format(dir=directory, servers="".join(blocks)))

@@ -21,6 +21,9 @@ REQUEST = "poolclient .request()"
 SESSION = "poolclient .session() per request"
 SHARED = "shared requests.Session"
 PER_REQUEST = "requests Session per request"
+OPENAI_POOLED = "OpenAI client on poolclient's transport"
+OPENAI_SHARED = "OpenAI module-level client (httpx2's pool)"
+OPENAI_PER_REQUEST = "OpenAI client per request"
 
 
 def _median(values: Sequence[float]) -> float:
@@ -69,7 +72,7 @@ def _paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
 
 def targets(rows: Sequence[Mapping[str, Any]], connections: int,
             duration: float) -> list[dict[str, Any]]:
-    """Issue 5's targets that a load run decides, each with its figure and verdict."""
+    """The targets a load run decides (issues 5 and 13), each with its figure and verdict."""
     found = []
     request, session = _row(rows, REQUEST), _row(rows, SESSION)
     shared, per_request = _row(rows, SHARED), _row(rows, PER_REQUEST)
@@ -82,7 +85,17 @@ def targets(rows: Sequence[Mapping[str, Any]], connections: int,
         ratio = _paired_ratio(session, shared)
         found.append({"target": ".session() per request >= 1.0x one shared requests.Session",
                       "figure": f"{ratio:.3f}x", "met": ratio >= 1.0, "regression": False})
-    for row in (request, session):
+    pooled = _row(rows, OPENAI_POOLED)
+    for other, most, wording in ((_row(rows, OPENAI_SHARED), 1.0, "no more than"),
+                                 (_row(rows, OPENAI_PER_REQUEST), 0.5, "at most half")):
+        if pooled is not None and other is not None:
+            ratio = pooled["cpu_per_1k"] / other["cpu_per_1k"]
+            found.append({"target": f"{OPENAI_POOLED}: CPU per call {wording} the "
+                                    f"{other['contender']}'s",
+                          "figure": f"{pooled['cpu_per_1k']:.3f} against "
+                                    f"{other['cpu_per_1k']:.3f} s per 1k ({ratio:.2f}x)",
+                          "met": ratio <= most, "regression": False})
+    for row in (request, session, pooled):
         if row is None:
             continue
         scale = "" if duration == 10 else f" (runs of {duration:g} s)"
@@ -150,7 +163,7 @@ CPU is gunicorn's (master and workers) during the load.
 |---|---:|---:|---:|---:|---:|
 {spread}
 
-## Targets (issue 5)
+## Targets (issues 5 and 13)
 
 {chr(10).join(target_lines(found))}
 """

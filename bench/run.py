@@ -55,6 +55,9 @@ CONTENDERS = {
     "bare urllib3 PoolManager": ("bare_urllib3", False),
     "poolclient .request()": ("poolclient_request", True),
     "poolclient .session() per request": ("poolclient_session", True),
+    "OpenAI client per request": ("openai_per_request", False),
+    "OpenAI module-level client (httpx2's pool)": ("openai_shared", False),
+    "OpenAI client on poolclient's transport": ("openai_poolclient", True),
 }
 BASELINE = "bare urllib3 PoolManager"
 
@@ -243,7 +246,8 @@ def machine(command: str) -> dict[str, str]:
                 if line.startswith("model name")), platform.processor())
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     versions = {name: metadata.version(name) for name in
-                ("poolclient", "gunicorn", "urllib3", "requests", "prometheus-client")}
+                ("poolclient", "gunicorn", "urllib3", "requests", "prometheus-client",
+                 "httpx2", "openai")}
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,

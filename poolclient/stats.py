@@ -165,9 +165,16 @@ class PoolStats:
                 self._wait_times.append(waited)
 
     def streamed(self) -> None:
-        """A response went to its caller holding its connection, the body still to read."""
+        """A response went to its caller holding its connection, the body still to read.
+
+        Its batch is scheduled now, not at the return: a stream may hold the connection for
+        minutes, and the sink should see it (and the checkout) while it does."""
         with self._lock:
             self._streaming += 1
+            if self.sink is None or self._scheduled:
+                return
+            self._scheduled = True
+        _schedule(self)
 
     def checked_in(self, streamed: bool = False) -> None:
         """A connection came back (into the queue, if kept), from a response that

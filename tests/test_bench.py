@@ -101,11 +101,13 @@ def test_one_short_round_of_every_contender(tmp_path):
     # Counted by nginx: the static app never calls it; the pooled ones open at most one
     # connection per thread; a Session per request opens one per request.
     assert runs["static (no upstream)"]["upstream_requests"] == 0
-    for name in ("bare urllib3 PoolManager", report.REQUEST, report.SESSION):
+    for name in ("bare urllib3 PoolManager", report.REQUEST, report.SESSION,
+                 report.OPENAI_POOLED, report.OPENAI_SHARED):
         assert 0 < runs[name]["handshakes"] <= connections, name
         assert runs[name]["upstream_requests"] >= runs[name]["requests"]
-    per_request = runs[report.PER_REQUEST]
-    assert per_request["handshakes"] == per_request["upstream_requests"] > connections
+    for name in (report.PER_REQUEST, report.OPENAI_PER_REQUEST):
+        per_request = runs[name]
+        assert per_request["handshakes"] == per_request["upstream_requests"] > connections
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     page = (tmp_path / "bench.md").read_text()
     assert report.table(report.summarize(raw["runs"], run.BASELINE)) in page

@@ -22,6 +22,35 @@ def _answers(url: str) -> bool:
         return False
 
 
+WORKERS = 2
+
+
+def _caught(pid: int) -> set[int]:
+    """The signals process ``pid`` has a handler for, from SigCgt in /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        (mask,) = (int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def _workers_booted(master: int) -> bool:
+    """Whether gunicorn's ``master`` has all its workers, each with its own signal handlers.
+
+    /livez answers as soon as one worker is up, while the master may still be forking the
+    next. A new worker runs the master's handlers, inherited with the fork, until
+    ``Worker.init_signals()``: they only queue the signal in the worker's copy of the
+    master's queue, so a SIGINT or SIGQUIT it gets then is lost, and the master's stop
+    waits graceful_timeout (30 s) for it. A worker's own handlers catch SIGINT and SIGQUIT
+    but not SIGHUP, which the master's catch."""
+    try:
+        with open(f"/proc/{master}/task/{master}/children") as f:
+            pids = [int(pid) for pid in f.read().split()]
+        caught = [_caught(pid) for pid in pids]
+    except FileNotFoundError:
+        return False  # a worker gone since the listing: look again
+    return len(pids) == WORKERS and all(
+        {signal.SIGINT, signal.SIGQUIT} <= c and signal.SIGHUP not in c for c in caught)
+
+
 @pytest.mark.parametrize(("to", "signum"), [("demo", signal.SIGINT), ("demo", signal.SIGTERM),
                                             ("group", signal.SIGINT)])
 def test_a_signal_stops_gunicorn_and_the_demo(upstream: Upstream, to: str, signum: int):
@@ -29,7 +58,7 @@ def test_a_signal_stops_gunicorn_and_the_demo(upstream: Upstream, to: str, signu
     may signal the demo's process alone. Either way gunicorn stops, then the demo."""
     port = free_port()
     env = {**os.environ, "UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
-           "PORT": str(port)}
+           "PORT": str(port), "WEB_CONCURRENCY": str(WORKERS)}
     demo = subprocess.Popen([sys.executable, "-m", "app.demo"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -37,6 +66,8 @@ def test_a_signal_stops_gunicorn_and_the_demo(upstream: Upstream, to: str, signu
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/livez"), 30, "the demo's gunicorn")
         with open(f"/proc/{demo.pid}/task/{demo.pid}/children") as f:
             (master,) = (int(pid) for pid in f.read().split())
+        # Signal a started gunicorn, not one still booting a worker (see _workers_booted).
+        wait_for(lambda: _workers_booted(master), 30, "gunicorn's workers to boot")
         if to == "group":
             os.killpg(demo.pid, signum)
         else:

@@ -45,8 +45,8 @@ GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "metrics.txt")
 def test_golden_text_in_process():
     """A known sequence of pool events, through PoolStats as the pools report them, renders
     exactly the lines of tests/golden/metrics.txt (checked by hand: 3 requests, 1 reused,
-    1 retried, 2 connections, 1 expired, waits of 0 and 0.75 s, requests of 20 ms, 3 ms
-    and 0.2 s, one timeout, 1 idle and 0 in use at the end)."""
+    1 retried, 2 connections, 1 expired, 1 closed unread, waits of 0 and 0.75 s, requests of
+    20 ms, 3 ms and 0.2 s, one timeout, 1 idle, 0 in use and 0 streaming at the end)."""
     sink = metrics.pool_sink("https", "golden.example", 443)
     assert sink is not None
     idle = [0]  # what the pool's queue would hold
@@ -65,8 +65,10 @@ def test_golden_text_in_process():
     stats.retried_one()
     stats.opened()
     stats.attempted(False, 0.2)
+    stats.streamed()
+    stats.unread_one()
     idle[0] = 1
-    stats.checked_in()
+    stats.checked_in(streamed=True)
     body, ctype = metrics.render()
     assert ctype.startswith("text/plain; version=")
     lines = sorted(line for line in body.decode().splitlines()

@@ -17,7 +17,8 @@ from poolclient.stats import PoolSnapshot, RegistrySnapshot
 from tests.helpers import Upstream
 
 POOL_KEYS = {"scheme", "host", "port", "maxsize", "connections_opened", "requests", "reused",
-             "in_use", "idle", "waits", "discarded", "errors", "expired", "retired", "retried"}
+             "in_use", "idle", "waits", "discarded", "errors", "expired", "retired", "retried",
+             "streaming", "unread"}
 
 
 class Recorder:
@@ -274,7 +275,8 @@ def snapshot() -> RegistrySnapshot:
     return RegistrySnapshot(pid=4242, pools=(
         PoolSnapshot(scheme="https", host="api.internal", port=8443, maxsize=4,
                      connections_opened=3, requests=10, reused=7, in_use=1, idle=2,
-                     waits=1, discarded=0, errors=2, expired=3, retired=1, retried=1),
+                     waits=1, discarded=0, errors=2, expired=3, retired=1, retried=1,
+                     streaming=1, unread=2),
         PoolSnapshot(scheme="http", host="10.0.0.5", port=80, maxsize=2,
                      connections_opened=1, requests=4, reused=3, in_use=0, idle=1,
                      waits=0, discarded=5, errors=0, expired=0, retired=2, retried=0),
@@ -287,14 +289,16 @@ GOLDEN = {
     "pools": [
         {"scheme": "https", "host": "api.internal", "port": 8443, "maxsize": 4,
          "connections_opened": 3, "requests": 10, "reused": 7, "in_use": 1, "idle": 2,
-         "waits": 1, "discarded": 0, "errors": 2, "expired": 3, "retired": 1, "retried": 1},
+         "waits": 1, "discarded": 0, "errors": 2, "expired": 3, "retired": 1, "retried": 1,
+         "streaming": 1, "unread": 2},
         {"scheme": "http", "host": "10.0.0.5", "port": 80, "maxsize": 2,
          "connections_opened": 1, "requests": 4, "reused": 3, "in_use": 0, "idle": 1,
-         "waits": 0, "discarded": 5, "errors": 0, "expired": 0, "retired": 2, "retried": 0},
+         "waits": 0, "discarded": 5, "errors": 0, "expired": 0, "retired": 2, "retried": 0,
+         "streaming": 0, "unread": 0},
     ],
     "totals": {"connections_opened": 4, "requests": 14, "reused": 10, "in_use": 1, "idle": 3,
                "waits": 1, "discarded": 5, "errors": 2, "expired": 3, "retired": 3,
-               "retried": 1},
+               "retried": 1, "streaming": 1, "unread": 2},
     "checks": {
         "api.internal:8443:connections": [{
             "componentId": "https://api.internal:8443", "componentType": "component",

@@ -27,8 +27,11 @@ print(json.dumps({
     "site": "site-packages" in here,
     "typed": os.path.exists(os.path.join(here, "py.typed")),
     "has": {m: importlib.util.find_spec(m) is not None
-            for m in ("gunicorn", "gevent", "prometheus_client", "trustme", "app")},
+            for m in ("gunicorn", "gevent", "prometheus_client", "trustme", "app", "httpx2")},
     "metrics": __import__("poolclient.metrics").metrics.available(),
+    "imported": sorted(m for m in ("httpx", "httpx2") if m in sys.modules),
+    "transport": type(Registry().httpx2_transport()).__module__
+                 if importlib.util.find_spec("httpx2") else None,
 }))
 """
 
@@ -49,7 +52,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-@pytest.mark.parametrize("extra", ["", "gunicorn", "gevent", "prometheus"])
+@pytest.mark.parametrize("extra", ["", "gunicorn", "gevent", "prometheus", "httpx2"])
 def test_wheel_installs_and_imports_in_a_clean_venv(wheel: Path, tmp_path: Path, extra: str):
     """pip install poolclient[extra] from the wheel into a new venv (no network), then
     import it from site-packages: version, py.typed, and exactly the extra's packages."""
@@ -72,5 +75,9 @@ def test_wheel_installs_and_imports_in_a_clean_venv(wheel: Path, tmp_path: Path,
         "prometheus_client": extra == "prometheus",
         "trustme": False,
         "app": False,  # the example service is not shipped as a top-level package
+        "httpx2": extra == "httpx2",
     }
     assert found["metrics"] is (extra == "prometheus")
+    # The package and its hooks import no httpx stack; the transport imports its own.
+    assert found["imported"] == []
+    assert found["transport"] == ("poolclient.integrations.httpx2" if extra == "httpx2" else None)

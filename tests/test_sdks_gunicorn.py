@@ -1,0 +1,45 @@
+"""The OpenAI and Anthropic SDKs under real gunicorn ``--preload``, their clients built at
+import in the master on ``get_registry().httpx2_transport()``, one call made there before
+the fork. The upstream counts the connections and which process wrote on each."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import Upstream, health_by_worker, load, wait_for
+
+pytest.importorskip("openai")
+pytest.importorskip("anthropic")
+
+PATHS = ("/openai", "/openai-stream", "/anthropic", "/anthropic-stream")
+
+
+def test_sdk_clients_built_at_import_under_preload(gunicorn, upstream: Upstream):
+    """16 clients, 1,200 calls, plain and streamed: no errors, at most workers x threads
+    connections, none written by two processes, the master's closed before the fork."""
+    workers, threads = 2, 4
+    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
+           "MASTER_CALLS": "1"}
+    server = gunicorn(["-w", str(workers), "--threads", str(threads), "-k", "gthread",
+                       "--preload", "tests.apps.sdk_app:app"], env)
+    worker_pids = server.worker_pids()
+
+    outcomes = load(server.url, clients=16, seconds=120, paths=PATHS, requests=1200)
+    assert outcomes == {200: 1200}, outcomes
+
+    conns = upstream.stats()["connections"]
+    assert all(len(c["pids"]) == 1 for c in conns), "a connection was written by two processes"
+    master = [c for c in conns if c["pids"] == [str(server.proc.pid)]]
+    assert [c["requests"] for c in master] == [1] and not master[0]["open"]
+    in_workers = [c for c in conns if c not in master]
+    assert {int(c["pids"][0]) for c in in_workers} <= worker_pids
+    assert len(in_workers) <= workers * threads
+    assert sum(c["requests"] for c in in_workers) == 1200
+
+    health = health_by_worker(server, worker_pids)
+    totals = [h["totals"] for h in health.values()]
+    assert sum(t["requests"] for t in totals) == 1200
+    assert sum(t["connections_opened"] for t in totals) == len(in_workers)
+    assert all(t["errors"] == t["unread"] == t["streaming"] == 0 for t in totals)
+    server.stop()
+    wait_for(lambda: upstream.stats()["open"] == 0, 10, "upstream connections to close")
