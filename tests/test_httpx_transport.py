@@ -159,6 +159,22 @@ def test_transport_deadline_cuts_a_longer_read_timeout(registry, upstream, packa
             client.get(upstream.url + "/slow?seconds=5", timeout=10)
 
 
+def test_a_stream_outlives_the_deadline(registry, upstream, package):
+    """The deadline ends with the status line: the next event may come later than the
+    deadline, within the read timeout (the gate opens twice the deadline after the read
+    for that event began; the passing of time is what is tested)."""
+    with package.Client(transport=transport_of(registry, package, deadline=0.3)) as client, \
+            client.stream("GET", upstream.url + "/gate/late/sse?events=2", timeout=5) as r:
+        lines = r.iter_lines()
+        assert next(lines) == "data: 0"
+        opener = threading.Timer(0.6, open_gate, (upstream, "late"))
+        opener.start()
+        try:
+            assert [line for line in lines if line] == ["data: 1"]
+        finally:
+            opener.join()
+
+
 def test_pool_wait_is_the_pool_timeout(upstream, package):
     """One connection, held by an open stream: the next call waits its pool timeout."""
     registry = Registry(Settings(ca_bundle=upstream.ca, maxsize=1))

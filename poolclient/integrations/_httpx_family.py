@@ -15,7 +15,9 @@ What goes where:
   chunked when httpx framed it so, never read whole first;
 - ``extensions["timeout"]``: ``connect`` and ``read`` become urllib3's, ``pool`` the wait for
   a connection; a ``None`` takes the registry's setting, because every wait is bounded
-  here; ``write`` has no urllib3 counterpart (the send is timed with ``connect``);
+  here; ``write`` has no urllib3 counterpart (the send is timed with ``connect``). The
+  transport's deadline bounds everything up to the status line; each read of the body
+  after it waits up to the read timeout;
 - redirects and ``Content-Encoding`` are left to httpx, which follows and decodes them:
   urllib3 is asked for neither;
 - the response body is handed on as urllib3 reads it off the socket (``read1``), so a
@@ -139,7 +141,8 @@ class Transport:
         if framing:
             stream = request.stream
             body = b"".join(stream) if isinstance(stream, package.ByteStream) else stream
-        timeout = request.extensions.get("timeout") or {}
+        timeouts = request.extensions.get("timeout") or {}
+        timeout = self._timeout(timeouts)
         started = retry.begin(self.deadline)
         try:
             pool = self.registry.connection_from_host(url.raw_host.decode("ascii"), url.port,
@@ -147,9 +150,8 @@ class Transport:
             response = pool.urlopen(
                 request.method, url.raw_path.decode("ascii"), body=body,
                 headers=HeaderLines(lines), retries=self.retries, redirect=False,
-                assert_same_host=False, timeout=self._timeout(timeout),
-                pool_timeout=timeout.get("pool"), preload_content=False,
-                decode_content=False, chunked=chunked)
+                assert_same_host=False, timeout=timeout, pool_timeout=timeouts.get("pool"),
+                preload_content=False, decode_content=False, chunked=chunked)
         except Exception as exc:
             mapped = mapped_error(package, exc, request, reading=False)
             if mapped is None:
@@ -158,6 +160,11 @@ class Transport:
         finally:
             if started is not None:
                 retry.end(started)
+        sock = getattr(response.connection, "sock", None)
+        if sock is not None:
+            # The deadline ends with the status line; the wait for it was cut to what was
+            # left, but each read of the body (a stream's next event) gets the read timeout.
+            sock.settimeout(timeout.read_timeout)
         return package.Response(
             status_code=response.status,
             headers=_response_lines(response),
