@@ -57,6 +57,11 @@ class Upstream:
             r = http.request("GET", self.url + "/_upstream/stats", timeout=5)
         return json.loads(r.data)
 
+    def open_gate(self, name: str) -> None:
+        """Let the streams waiting on gate ``name`` go on (``app/sdk_api.py``)."""
+        with urllib3.PoolManager(ca_certs=self.ca, retries=False) as http:
+            assert http.request("POST", f"{self.url}/_upstream/gate/{name}").status == 200
+
     def hosts(self, n: int) -> list[str]:
         """The first ``n`` addresses it listens on (the main one first), from ``--hosts``."""
         started = int(self.args[self.args.index("--hosts") + 1]) if "--hosts" in self.args else 1

@@ -8,19 +8,19 @@ and the same with httpx2.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
-import urllib3
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError
 
 from poolclient import PoolTimeoutError, Registry, Settings
 from poolclient.integrations._httpx_family import mapped_error
 from poolclient.retry import DeadlineExceededError
-from tests.helpers import Upstream, refused_url, wait_for
+from tests.helpers import refused_url, wait_for
 
 PACKAGES = ["httpx", pytest.param("httpx2", marks=pytest.mark.skipif(
     importlib.util.find_spec("httpx2") is None, reason="httpx2 needs Python 3.11"))]
@@ -45,11 +45,6 @@ def client(registry: Registry, package) -> Iterator:
 
 def totals(registry: Registry) -> dict[str, int]:
     return registry.stats().totals()
-
-
-def open_gate(upstream: Upstream, name: str) -> None:
-    with urllib3.PoolManager(ca_certs=upstream.ca, retries=False) as http:
-        assert http.request("POST", f"{upstream.url}/_upstream/gate/{name}").status == 200
 
 
 # --- what is sent ---------------------------------------------------------------------
@@ -119,7 +114,7 @@ def test_first_event_arrives_before_the_upstream_ends_the_stream(client, upstrea
         assert next(lines) == "data: 0"  # the gate is still shut: the stream cannot be over
         snapshot = totals(registry)
         assert (snapshot["in_use"], snapshot["streaming"]) == (1, 1)
-        open_gate(upstream, "first")
+        upstream.open_gate("first")
         rest = [line for line in lines if line]
     assert rest == ["data: 1", "data: 2"]
     snapshot = totals(registry)
@@ -167,7 +162,7 @@ def test_a_stream_outlives_the_deadline(registry, upstream, package):
             client.stream("GET", upstream.url + "/gate/late/sse?events=2", timeout=5) as r:
         lines = r.iter_lines()
         assert next(lines) == "data: 0"
-        opener = threading.Timer(0.6, open_gate, (upstream, "late"))
+        opener = threading.Timer(0.6, upstream.open_gate, ("late",))
         opener.start()
         try:
             assert [line for line in lines if line] == ["data: 1"]
@@ -185,7 +180,7 @@ def test_pool_wait_is_the_pool_timeout(upstream, package):
             next(lines)
             with pytest.raises(package.PoolTimeout):
                 client.get(upstream.url + "/echo", timeout=package.Timeout(5, pool=0.2))
-            open_gate(upstream, "held")
+            upstream.open_gate("held")
     finally:
         registry.close()
 
@@ -239,7 +234,7 @@ def test_a_stream_closed_unread_closes_its_connection_and_counts_it(client, upst
         next(lines)
     snapshot = totals(registry)
     assert (snapshot["unread"], snapshot["in_use"], snapshot["streaming"]) == (1, 0, 0)
-    open_gate(upstream, "cut")  # the upstream sees the close when it writes again
+    upstream.open_gate("cut")  # the upstream sees the close when it writes again
     wait_for(lambda: upstream.stats()["open"] == 0, 10, "the upstream to see the close")
     assert client.get(upstream.url + "/echo").json()["connection"] != 1  # a new one
     assert totals(registry)["connections_opened"] == 2

@@ -14,8 +14,7 @@ anthropic = pytest.importorskip("anthropic")
 httpx2 = pytest.importorskip("httpx2")
 
 from poolclient import PoolClientMiddleware, Registry  # noqa: E402
-from tests.helpers import Upstream, refused_url  # noqa: E402
-from tests.test_httpx_transport import open_gate  # noqa: E402
+from tests.helpers import refused_url  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 
@@ -66,7 +65,7 @@ def test_first_streamed_token_arrives_before_the_stream_ends(upstream, http_clie
     first = next(iter(chunks))
     assert first.choices[0].delta.role == "assistant"
     assert registry.stats().totals()["streaming"] == 1
-    open_gate(upstream, "token")
+    upstream.open_gate("token")
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "pong"
     assert registry.stats().totals()["streaming"] == 0
 
@@ -137,6 +136,6 @@ def test_health_and_metrics_show_a_stream_in_progress(upstream, http_client, reg
     port = upstream.port
     assert (f'poolclient_connections_streaming{{host="127.0.0.1",port="{port}",'
             f'scheme="https"}} 1.0') in web.get("/metrics").text
-    open_gate(upstream, "seen")
+    upstream.open_gate("seen")
     list(chunks)
     assert json.loads(web.get("/health").body)["pools"][0]["streaming"] == 0
