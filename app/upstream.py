@@ -30,10 +30,11 @@ Paths (any method; a request body is read and discarded):
   "server_pid"}``.
 
 Run: ``python -m app.upstream --certs DIR [--port 0] [--hosts N] [--idle-close S]
-[--cert-expired]``: writes ``DIR/ca.pem`` (the CA to trust; reused with ``DIR/ca-key.pem``
-when both exist, so a restart keeps clients' trust) and prints ``https://127.0.0.1:PORT`` on
-its first line of output. ``--hosts N`` also listens on that port on N-1 further loopback
-addresses (:func:`loopback_hosts`), all covered by the one certificate.
+[--cert-expired] [--alpn h2,http/1.1]``: writes ``DIR/ca.pem`` (the CA to trust; reused
+with ``DIR/ca-key.pem`` when both exist, so a restart keeps clients' trust) and prints
+``https://127.0.0.1:PORT`` on its first line of output. ``--hosts N`` also listens on that
+port on N-1 further loopback addresses (:func:`loopback_hosts`), all covered by the one
+certificate.
 """
 
 from __future__ import annotations
@@ -93,15 +94,16 @@ class Record:
         with self._lock:
             conn_id = next(self._ids)
             self._connections[conn_id] = {"peer": peer, "local": local, "requests": 0,
-                                          "pids": set(), "open": True}
+                                          "pids": set(), "open": True, "alpn": None}
             return conn_id
 
     def request(self, conn_id: int, pid: str | None, method: str,
-                request_id: str | None) -> int:
+                request_id: str | None, alpn: str | None = None) -> int:
         """Count a request whose headers were read; its number on the connection."""
         with self._lock:
             entry = self._connections[conn_id]
             entry["requests"] += 1
+            entry["alpn"] = alpn
             if pid:
                 entry["pids"].add(pid)
             self._methods[method] += 1
@@ -121,7 +123,7 @@ class Record:
         with self._lock:
             conns = [
                 {"id": cid, "peer": e["peer"], "local": e["local"], "requests": e["requests"],
-                 "pids": sorted(e["pids"]), "open": e["open"]}
+                 "pids": sorted(e["pids"]), "open": e["open"], "alpn": e["alpn"]}
                 for cid, e in self._connections.items()
                 if e["requests"] > 0
             ]
@@ -227,7 +229,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         record = self.server.record
         n = record.request(self.conn_id, self.headers.get("X-Client-Pid"), self.command,
-                           self.headers.get("X-Request-Id"))
+                           self.headers.get("X-Request-Id"),
+                           self.connection.selected_alpn_protocol())
         if self.drop_next:
             record.dropped()
             self.close_connection = True  # not a byte: the client meets a closed connection
@@ -395,12 +398,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="close a connection idle this long (default: never)")
     parser.add_argument("--cert-expired", action="store_true",
                         help="serve a certificate that expired yesterday")
+    parser.add_argument("--alpn", default="",
+                        help="protocols to choose from when a client offers them (h2,http/1.1);"
+                             " the choice is recorded per connection, the answer is HTTP/1.1")
     parser.add_argument("--name", action="append", default=[],
                         help="another name the certificate covers (a compose service name)")
     args = parser.parse_args(argv)
     hosts = loopback_hosts(args.hosts, args.host)
     context = make_certs(args.certs, args.host, hosts=[*hosts, *args.name],
                          expired=args.cert_expired)
+    if args.alpn:
+        context.set_alpn_protocols(args.alpn.split(","))
     server = UpstreamServer((args.host, args.port), context, hosts=args.hosts,
                             idle_close=args.idle_close)
     print(f"https://{args.host}:{server.server_address[1]}", flush=True)

@@ -9,6 +9,7 @@ either object leaves the shared pools open: libraries close their sessions freel
 from __future__ import annotations
 
 import os
+import types
 import urllib.request
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,9 @@ class PoolAdapter(HTTPAdapter):
     - a request without a timeout gets the registry's connect and read timeouts, and each
       ``send`` the registry's deadline and retry policy (connects retried with backoff; a
       stale reused connection retried once for idempotent methods; nothing else resent);
-    - ``close()`` closes nothing shared. Proxied requests use requests' own proxy pools.
+    - ``close()`` closes nothing shared. Proxied requests use requests' own proxy pools;
+    - pickled and unpickled (with a ``Session``), it is bound to the process-global
+      registry (:func:`~poolclient.get_registry`) of the process that unpickles it.
     """
 
     def __init__(self, registry: Registry, max_retries: Any = None) -> None:
@@ -92,9 +95,20 @@ class PoolAdapter(HTTPAdapter):
         return self.registry.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests' own checks (a CA bundle or certificate file that is not there is its
+        # clear error, before anything is sent), but a shared pool is never written to:
+        # its TLS settings are its key, so requests writes them on a stand-in.
         if isinstance(conn, CountedPool):
-            return  # settled by the pool key; the pool is shared, so never mutate it
+            conn = types.SimpleNamespace()
         super().cert_verify(conn, url, verify, cert)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # The registry is not pickled (it holds locks and sockets): an unpickled adapter
+        # uses the pools of the process that unpickles it, the process-global registry's.
+        from .registry import get_registry
+
+        self.registry = get_registry()
+        super().__setstate__(state)
 
     def send(
         self, request: PreparedRequest, stream: bool = False, timeout: Any = None,

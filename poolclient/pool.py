@@ -23,7 +23,7 @@ import time
 from ssl import CertificateError
 from typing import TYPE_CHECKING, Any
 
-from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import ConnectionPool, HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -37,7 +37,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from . import metrics, retry
 from .errors import PoolClientError
 from .stats import PoolSnapshot, PoolStats
-from .tls import ResumingConnection, ResumingPool
+from .tls import HTTP11Connection, ResumingConnection, ResumingPool
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse, HTTPResponse
@@ -111,6 +111,10 @@ class _CountsConnects(_ConnectionBase):
             _event("opened", self, handshake_ms=round((self.connected_at - started) * 1000, 2),
                    reconnect=again)
 
+    def __str__(self) -> str:
+        # As urllib3's errors name it ("HTTPSConnection(host=...): Failed to establish").
+        return f"{_public_name(type(self))}(host={self.host!r}, port={self.port!r})"
+
     def getresponse(self) -> HTTPResponse:  # type: ignore[override]  # as urllib3's
         # urllib3 has just set the read timeout: wait no longer than the deadline allows.
         self.timeout = retry.bounded(self.timeout)
@@ -121,21 +125,35 @@ class _CountedHTTPConnection(_CountsConnects, HTTPConnection):
     pass
 
 
-class _CountedHTTPSConnection(_CountsConnects, ResumingConnection, HTTPSConnection):
+class _CountedHTTPSConnection(_CountsConnects, ResumingConnection, HTTP11Connection):
     pass
 
 
-class _CountedQueue(queue.LifoQueue[Any]):
-    """The pool's LIFO of idle connections, which notices when a caller must wait (and when
-    a connection is discarded for want of room).
+_counting_classes: dict[type[Any], type[Any]] = {}
+
+
+def _counting(cls: type[Any]) -> type[Any]:
+    """``cls`` if it counts its connects, else a subclass that does: a pool subclass may
+    bring its own connection class (urllib3's SOCKS connections, an SDK's)."""
+    if issubclass(cls, _CountsConnects):
+        return cls
+    found = _counting_classes.get(cls)
+    if found is None:
+        found = _counting_classes[cls] = type(cls.__name__, (_CountsConnects, cls), {})
+    return found
+
+
+class _CountsWaits(queue.LifoQueue[Any]):
+    """What the pool's LIFO of idle connections adds to the queue class urllib3 chose
+    (``QueueCls``, or ``queue.LifoQueue`` as it is when the pool is made, which is how
+    gevent's patch reaches it): it notices when a caller must wait, and when a connection
+    is discarded for want of room.
 
     urllib3 fills it with ``maxsize`` placeholders; an empty queue therefore means every
     connection is checked out.
     """
 
-    def __init__(self, maxsize: int, stats: PoolStats) -> None:
-        super().__init__(maxsize)
-        self.stats = stats
+    stats: PoolStats
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         try:
@@ -148,7 +166,7 @@ class _CountedQueue(queue.LifoQueue[Any]):
         if conn is not None:
             # Lets the pool tell urllib3's "dropped by the peer" close from its own.
             # (``is_closed`` without the property call: this is every request's path.)
-            conn.open_at_checkout = conn.sock is not None
+            conn.open_at_checkout = getattr(conn, "sock", None) is not None
         return conn
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -167,6 +185,20 @@ class _CountedQueue(queue.LifoQueue[Any]):
         return sum(1 for conn in tuple(self.queue) if conn is not None and not conn.is_closed)
 
 
+_queue_classes: dict[type[Any], type[_CountsWaits]] = {}
+
+
+def _counted_queue(plain: queue.LifoQueue[Any], stats: PoolStats) -> _CountsWaits:
+    """A queue of ``plain``'s class and size that counts into ``stats``."""
+    base = type(plain)
+    cls = _queue_classes.get(base)
+    if cls is None:
+        cls = _queue_classes[base] = type(f"Counted{base.__name__}", (_CountsWaits, base), {})
+    counted = cls(plain.maxsize)
+    counted.stats = stats
+    return counted
+
+
 class CountedPool(_PoolBase):
     """What both pool classes add: one call into :class:`PoolStats` per event."""
 
@@ -180,6 +212,7 @@ class CountedPool(_PoolBase):
         scheme = str(self.scheme)
         sink = metrics.pool_sink(scheme, host, port or (443 if scheme == "https" else 80))
         self.stats = PoolStats(kw.get("maxsize", 1), sink)
+        self.ConnectionCls = _counting(self.ConnectionCls)
         super().__init__(host, port, **kw)
 
     def __repr__(self) -> str:
@@ -189,12 +222,17 @@ class CountedPool(_PoolBase):
             f"idle {s.idle} | opened {s.connections_opened} | requests {s.requests}]>"
         )
 
+    def __str__(self) -> str:
+        # What urllib3's own errors say of a pool, by urllib3's name for it: log searches
+        # and alerts match on "HTTPSConnectionPool(host=...".
+        return f"{_public_name(type(self))}(host={self.host!r}, port={self.port!r})"
+
     def close(self) -> None:
         super().close()
         self.stats.publish()  # what a worker's last requests did, before it exits
 
     def _new_pool_queue(self, maxsize: int) -> queue.LifoQueue[Any]:
-        q = _CountedQueue(maxsize, self.stats)
+        q = _counted_queue(super()._new_pool_queue(maxsize), self.stats)
         # The queue's method, not the pool's: a reference from the stats to the pool would
         # keep an evicted pool, and its sockets, alive until the garbage collector runs
         # (urllib3 closes them when the pool is freed).
@@ -227,7 +265,8 @@ class CountedPool(_PoolBase):
                 _event("dropped", conn, idle_s=round(now - conn.idle_since, 3))
         elif self._too_old(conn, now):
             self._retire(conn, now)
-        elif self.idle_timeout is not None and now - conn.idle_since >= self.idle_timeout:
+        elif (self.idle_timeout is not None
+              and now - getattr(conn, "idle_since", now) >= self.idle_timeout):
             conn.close()
             self.stats.expired_one()
             if events.isEnabledFor(logging.DEBUG):
@@ -241,7 +280,7 @@ class CountedPool(_PoolBase):
             if not conn.is_closed and self._too_old(conn, now):
                 self._retire(conn, now)  # after its request, before the next one
             conn.idle_since = now
-            streamed, conn.streaming = conn.streaming, False
+            streamed, conn.streaming = getattr(conn, "streaming", False), False
         try:
             super()._put_conn(conn)
         finally:
@@ -263,7 +302,8 @@ class CountedPool(_PoolBase):
         response.release_conn()
 
     def _too_old(self, conn: Any, now: float) -> bool:
-        return self.max_lifetime is not None and now - conn.connected_at >= self.max_lifetime
+        return (self.max_lifetime is not None
+                and now - getattr(conn, "connected_at", now) >= self.max_lifetime)
 
     def _retire(self, conn: Any, now: float) -> None:
         """Close ``conn``, older than ``max_lifetime``."""
@@ -288,10 +328,11 @@ class CountedPool(_PoolBase):
         # A connection with an open socket has carried a request before: pools never
         # pre-connect.
         reused = not conn.is_closed
+        sent = getattr(conn, "requests_sent", 0) + 1  # a connection the pool did not make
         if reused and events.isEnabledFor(logging.DEBUG):
-            _event("reused", conn, requests=conn.requests_sent + 1,
-                   idle_s=round(time.monotonic() - conn.idle_since, 3))
-        conn.requests_sent += 1
+            _event("reused", conn, requests=sent,
+                   idle_s=round(time.monotonic() - getattr(conn, "idle_since", 0.0), 3))
+        conn.requests_sent = sent
         started = time.monotonic()
         try:
             return super()._make_request(conn, method, url, *args, **kwargs)
@@ -344,7 +385,7 @@ class CountedPool(_PoolBase):
             if started is not None:
                 retry.end(started)
         conn = getattr(response, "_connection", None)  # not released: the body is to read
-        if conn is not None and not conn.streaming:  # (a retry's urlopen returns it too)
+        if conn is not None and not getattr(conn, "streaming", False):  # (a retry's too)
             conn.streaming = True
             self.stats.streamed()
         return response
@@ -421,10 +462,16 @@ def _replayable(method: str, body: object) -> bool:
 
 def _event(name: str, conn: Any, **fields: object) -> None:
     """One logfmt line: ``event=opened origin=https://host:443 conn=1a2b handshake_ms=3.1``."""
-    scheme = "https" if isinstance(conn, HTTPSConnection) else "http"
+    scheme = "https" if getattr(conn, "default_port", 80) == 443 else "http"
     extra = " ".join(f"{key}={value}" for key, value in fields.items())
     events.debug("event=%s origin=%s://%s:%s conn=%x %s", name, scheme, conn.host, conn.port,
                  id(conn) & 0xFFFFFF, extra)
+
+
+def _public_name(cls: type[Any]) -> str:
+    """The name urllib3's messages give an object of ``cls``: its nearest class that is
+    not poolclient's (``HTTPSConnectionPool``, ``HTTPSConnection``, a subclass's own)."""
+    return next(c.__name__ for c in cls.__mro__ if not c.__module__.startswith("poolclient."))
 
 
 def _origin(pool: HTTPConnectionPool) -> str:

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.exceptions import SSLError
 from urllib3.util import ssl_
 from urllib3.util.ssl_ import create_urllib3_context, resolve_cert_reqs
 
@@ -78,7 +79,26 @@ if TYPE_CHECKING:
 else:
     _ConnectionBase = _PoolBase = _SocketBase = object
 
-__all__ = ["PoolTLS", "ResumingConnection", "ResumingPool"]
+__all__ = ["HTTP11Connection", "PoolTLS", "ResumingConnection", "ResumingPool"]
+
+
+def _http11_connection() -> type[HTTPSConnection]:
+    # urllib3.http2.inject_into_urllib3() puts its HTTP/2 connection in the place of
+    # HTTPSConnection, and keeps the one it replaced.
+    from urllib3 import http2
+
+    original = getattr(http2, "orig_HTTPSConnection", None)
+    return original if original is not None else HTTPSConnection
+
+
+#: urllib3's HTTP/1.1 ``HTTPSConnection``, whatever was imported first. poolclient's pools
+#: speak HTTP/1.1 only: urllib3's HTTP/2 is experimental, and an HTTP/2 connection's close
+#: writes a GOAWAY frame, which a forked child must never send on its parent's connection.
+if TYPE_CHECKING:
+    HTTP11Connection = HTTPSConnection
+else:
+    HTTP11Connection = _http11_connection()
+HTTP11 = ["http/1.1"]
 
 # The pool state of each context this module built, for its sockets to find.
 _owners: weakref.WeakKeyDictionary[ssl.SSLContext, _Context] = weakref.WeakKeyDictionary()
@@ -174,7 +194,7 @@ class _Context:
             return None
         if not isinstance(context, ssl.SSLContext):  # pyOpenSSL's, injected meanwhile
             return None
-        _AlpnOnce.install(context)
+        _Http11Alpn.install(context)
         context.sslsocket_class = _offering(context.sslsocket_class)
         built = cls(context, settings, tuple(files), stamp)
         _owners[context] = built
@@ -207,28 +227,27 @@ def _no_password() -> str:
     raise _PasswordNeeded
 
 
-class _AlpnOnce:
-    """Makes repeating ``set_alpn_protocols`` with the same list a no-op on one context.
+class _Http11Alpn:
+    """A context's ``set_alpn_protocols`` that offers HTTP/1.1 only, set once.
 
-    urllib3 sets the list on every connect. On a context shared by threads that frees the
-    buffer another thread's ``SSL_new`` may be copying, which runs without the GIL.
+    urllib3 sets its list on every connect: ``["h2"]`` once its HTTP/2 is turned on, which
+    a server would take up, and then read HTTP/1.1 as garbage. And setting the list anew on
+    a context shared by threads frees the buffer another thread's ``SSL_new`` may be
+    copying, which runs without the GIL.
     """
 
     def __init__(self, set_protocols: Callable[[list[str]], None]) -> None:
         self._set = set_protocols
-        self._protocols: list[str] | None = None
+        set_protocols(HTTP11)
 
     @classmethod
     def install(cls, context: ssl.SSLContext) -> None:
-        once = cls(context.set_alpn_protocols)
-        once(list(ssl_.ALPN_PROTOCOLS))
-        setattr(context, "set_alpn_protocols", once)  # noqa: B010 - mypy: method assignment
+        if not isinstance(getattr(context, "set_alpn_protocols", None), cls):
+            setattr(context, "set_alpn_protocols",  # noqa: B010 - mypy: method assignment
+                    cls(context.set_alpn_protocols))
 
     def __call__(self, protocols: list[str]) -> None:
-        wanted = list(protocols)
-        if wanted != self._protocols:
-            self._set(wanted)
-            self._protocols = wanted
+        pass  # HTTP/1.1, set once
 
 
 class _OffersSession(_SocketBase):
@@ -292,7 +311,10 @@ class ResumingConnection(_ConnectionBase):
         ready = tls.prepare(self) if tls is not None else None
         self._tls_unread = None
         if ready is None:
+            if isinstance(self.ssl_context, ssl.SSLContext):  # the caller's own
+                _Http11Alpn.install(self.ssl_context)
             super().connect()
+            _refuse_h2(self)
             return
         saved = {name: getattr(self, name) for name in _LOADED_ONCE}
         for name in _LOADED_ONCE:
@@ -325,6 +347,18 @@ class ResumingConnection(_ConnectionBase):
         if (ready is not None and self.tls is not None and self.tls.resume
                 and isinstance(self.sock, ssl.SSLSocket)):
             ready.keep(self.sock)
+
+
+def _refuse_h2(conn: HTTPSConnection) -> None:
+    # A context urllib3 built for this connect alone (behind a proxy, with ssl_version,
+    # pyOpenSSL) offered what urllib3 offers: with its HTTP/2 turned on, h2 only.
+    sock = conn.sock
+    selected = getattr(sock, "selected_alpn_protocol", None)
+    if selected is not None and selected() == "h2":
+        conn.close()
+        raise SSLError(
+            "the server chose HTTP/2, which urllib3's inject_into_urllib3() offered; "
+            "poolclient's pools speak HTTP/1.1 only")
 
 
 class ResumingPool(_PoolBase):
