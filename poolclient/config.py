@@ -145,6 +145,13 @@ def boolean(value: object) -> bool:
     raise ValueError("expected one of true/false, yes/no, on/off, 1/0")
 
 
+def inherited_policy(value: object) -> str:
+    """warn or fail."""
+    if isinstance(value, str) and value.strip().lower() in ("warn", "fail"):
+        return value.strip().lower()
+    raise ValueError("expected warn or fail")
+
+
 def ca_bundle(value: object) -> str | None:
     """Unset, or the path of a readable PEM file holding at least one certificate."""
     if value is None or value == "":
@@ -318,6 +325,15 @@ class Settings:
         boolean,
         "true: the middleware answers /health, /metrics, /livez and /readyz itself. false: "
         "it answers none of them, so an app's own routes at those paths win.",
+    )
+    inherited: str = _setting(
+        "POOLCLIENT_INHERITED",
+        "warn",
+        inherited_policy,
+        "What a gunicorn worker does when it inherited TCP connections that no poolclient "
+        "pool owns (a client made and used in the master before the fork, under "
+        "--preload): warn names each one (WARNING on the poolclient logger, /health, "
+        "/metrics); fail also stops the worker's boot, for CI.",
     )
     server_timing: bool = _setting(
         "POOLCLIENT_SERVER_TIMING",

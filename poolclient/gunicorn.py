@@ -15,7 +15,8 @@ Order in a worker, and why each step is where it is:
 - ``post_fork`` (child, straight after the fork, before gevent's monkey patch and before
   the app loads): forget anything inherited and size the pools for this worker. No lock,
   pool or socket is created here, and urllib3 is not imported: pools are created on first
-  use, after the patch.
+  use, after the patch. Then it names each connection inherited that no pool owns
+  (``poolclient.inherited``: other clients used in the master under ``--preload``).
 - ``post_worker_init`` (child, app loaded, gevent patched): wrap the app in the middleware,
   unless it already wraps itself.
 - ``worker_exit`` (normally the child; gunicorn also calls it in the master when the
@@ -43,7 +44,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from . import _fork, metrics
+from . import _fork, inherited, metrics
 from .config import Settings
 from .errors import ConfigError
 
@@ -131,16 +132,25 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Worker, just forked: drop inherited pools (never closing them) and size new ones."""
+    """Worker, just forked: drop inherited pools (never closing them), size new ones, and
+    name the connections it inherited that no pool owns (``poolclient.inherited``)."""
     _fork.forget_inherited()
     _fork.set_concurrency(worker_concurrency(worker))
+    found = inherited.scan()
+    if found:
+        inherited.warn(found)
+        if check_settings().inherited == "fail":
+            raise inherited.InheritedConnectionError(found)
 
 
 def post_worker_init(worker: Any) -> None:
-    """Worker, app loaded: make ``environ['http.pool']`` available to the app."""
+    """Worker, app loaded: make ``environ['http.pool']`` available to the app, and count
+    its inherited connections in the metrics (after gevent's patch, as every metric)."""
     from .middleware import wrap
 
     worker.wsgi = wrap(worker.wsgi)
+    if inherited.found() and metrics.available():
+        metrics.inherited(inherited.found())
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -22,9 +22,12 @@ import bisect
 import importlib.util
 import os
 import threading
+from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .inherited import Inherited
     from .stats import Batch, EventSink
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -84,6 +87,10 @@ def _make_families() -> dict[str, Any]:
                            "Connections in use held by responses whose body is still being "
                            "read (streams: SSE, downloads).", LABELS, registry=registry,
                            multiprocess_mode="livesum"),
+        "inherited": Gauge("poolclient_inherited_connections",
+                           "TCP connections a worker inherited that no pool owns (a client "
+                           "used in the master before the fork), by peer.", ("peer",),
+                           registry=registry, multiprocess_mode="livesum"),
         "wait": Histogram("poolclient_pool_wait_seconds", "Time to get a connection.",
                           LABELS, registry=registry, buckets=WAIT_BUCKETS),
         "duration": Histogram("poolclient_request_duration_seconds",
@@ -178,6 +185,13 @@ def pool_sink(scheme: str, host: str, port: int) -> EventSink | None:
     if not available():
         return None
     return PrometheusSink(_get_families(), (scheme, host, str(port)))
+
+
+def inherited(connections: Sequence[Inherited]) -> None:
+    """This process's inherited connections, by peer, as a live gauge."""
+    gauge = _get_families()["inherited"]
+    for peer, n in Counter(c.peer for c in connections).items():
+        gauge.labels(peer).set(n)
 
 
 def problem() -> str | None:

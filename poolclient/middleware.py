@@ -24,7 +24,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import metrics, timing
+from . import inherited, metrics, timing
 from .config import UNIX, Settings
 from .registry import Registry, get_registry
 from .render import HEALTH_JSON, health_document, json_bytes, readiness_document
@@ -136,7 +136,8 @@ class PoolClientMiddleware:
                                         "networks or with the POOLCLIENT_STATS_TOKEN bearer"})
             status, ctype = "403 Forbidden", "application/json"
         elif path == self.health_path:
-            document = health_document(registry.stats(), registry.settings.redacted())
+            document = health_document(registry.stats(), registry.settings.redacted(),
+                                       inherited.found())
             document["maxsize"] = registry.maxsize
             body, ctype = json_bytes(document), HEALTH_JSON
         elif metrics.available():

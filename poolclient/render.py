@@ -9,17 +9,20 @@ from typing import TYPE_CHECKING
 from .stats import RegistrySnapshot
 
 if TYPE_CHECKING:
+    from .inherited import Inherited
     from .probes import Check
 
 HEALTH_JSON = "application/health+json"
 
 
 def health_document(
-    snapshot: RegistrySnapshot, settings: Mapping[str, object] | None = None
+    snapshot: RegistrySnapshot, settings: Mapping[str, object] | None = None,
+    inherited: Iterable[Inherited] = (),
 ) -> dict[str, object]:
     """The ``/health`` body (``application/health+json``): this worker's pid, its pools,
-    their totals, and a ``connections`` check per pool that warns when every connection is
-    in use."""
+    their totals, a ``connections`` check per pool that warns when every connection is
+    in use, and the connections it inherited that no pool owns (a warning too)."""
+    shared = [conn.as_dict() for conn in inherited]
     checks = {
         f"{pool.host}:{pool.port}:connections": [{
             "componentId": f"{pool.scheme}://{pool.host}:{pool.port}",
@@ -30,13 +33,14 @@ def health_document(
         }]
         for pool in snapshot.pools
     }
-    warn = any(c[0]["status"] == "warn" for c in checks.values())
+    warn = any(c[0]["status"] == "warn" for c in checks.values()) or bool(shared)
     document: dict[str, object] = {
         "status": "warn" if warn else "pass",
         "pid": snapshot.pid,
         "pools": [pool.as_dict() for pool in snapshot.pools],
         "totals": snapshot.totals(),
         "checks": checks,
+        "inherited_connections": shared,
     }
     if settings is not None:
         document["settings"] = dict(settings)

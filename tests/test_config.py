@@ -112,6 +112,7 @@ GOOD_ENV = [
     pytest.param("POOLCLIENT_READY_CACHE", "1.5", 1.5, id="ready_cache"),
     pytest.param("POOLCLIENT_READY_TIMEOUT", "0.5", 0.5, id="ready_timeout"),
     pytest.param("POOLCLIENT_SERVER_TIMING", "true", True, id="server_timing"),
+    pytest.param("POOLCLIENT_INHERITED", " FAIL ", "fail", id="inherited"),
     pytest.param("POOLCLIENT_SERVE_ENDPOINTS", "no", False, id="serve_endpoints"),
 ]
 
@@ -230,6 +231,7 @@ BAD_ENV = [
     pytest.param("POOLCLIENT_READY_CACHE", "0", "greater than 0", id="ready_cache-0"),
     pytest.param("POOLCLIENT_READY_TIMEOUT", "-1", "greater than 0", id="ready_timeout-neg"),
     pytest.param("POOLCLIENT_SERVER_TIMING", "sometimes", "true/false", id="server_timing-bad"),
+    pytest.param("POOLCLIENT_INHERITED", "ignore", "warn or fail", id="inherited-bad"),
     pytest.param("POOLCLIENT_SERVE_ENDPOINTS", "2", "true/false", id="serve_endpoints-bad"),
 ]
 

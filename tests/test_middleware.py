@@ -307,6 +307,7 @@ GOLDEN = {
             "componentId": "http://10.0.0.5:80", "componentType": "component",
             "observedValue": 0, "observedUnit": "in use of 2", "status": "pass"}],
     },
+    "inherited_connections": [],
 }
 
 
@@ -328,7 +329,15 @@ def test_health_document_without_pools() -> None:
     """An empty snapshot renders no pools and all-zero totals."""
     doc = health_document(RegistrySnapshot(pid=1, pools=()))
     assert doc == {"status": "pass", "pid": 1, "pools": [], "checks": {}, "totals": {
-        k: 0 for k in GOLDEN["totals"]}}
+        k: 0 for k in GOLDEN["totals"]}, "inherited_connections": []}
+
+
+def test_health_document_names_inherited_connections_and_warns() -> None:
+    from poolclient.inherited import Inherited
+
+    doc = health_document(snapshot(), inherited=[Inherited("10.0.0.9:443", 7)])
+    assert doc["inherited_connections"] == [{"peer": "10.0.0.9:443", "fd": 7}]
+    assert doc["status"] == "warn"
 
 
 def test_json_bytes_is_compact_sorted_and_stable() -> None:
