@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .redact import redact
@@ -143,6 +144,48 @@ def boolean(value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError("expected one of true/false, yes/no, on/off, 1/0")
+
+
+_LIMITS = {"maxsize": positive_int, "pool_timeout": positive_seconds}
+OriginKey = tuple[str, str, int]
+
+
+def _origin_limits(value: object) -> dict[OriginKey, dict[str, float]]:
+    allowed = ("expected entries 'https://host[:port] maxsize=N pool_timeout=S' separated by "
+               "';' (either limit may be left out)")
+    if not isinstance(value, str):
+        raise ValueError(allowed)
+    found: dict[OriginKey, dict[str, float]] = {}
+    for entry in filter(None, (part.strip() for part in value.split(";"))):
+        origin, *pairs = entry.split()
+        try:
+            url = urlsplit(origin)
+            port = url.port
+        except ValueError:
+            raise ValueError(f"{entry!r}: {allowed}") from None
+        if (url.scheme not in ("http", "https") or not url.hostname or not pairs
+                or url.path not in ("", "/") or url.query or url.username):
+            raise ValueError(f"{entry!r}: {allowed}")
+        limits: dict[str, float] = {}
+        for pair in pairs:
+            name, _, raw = pair.partition("=")
+            if name not in _LIMITS:
+                raise ValueError(f"{entry!r}: unknown limit {name!r}; {allowed}")
+            try:
+                limits[name] = _LIMITS[name](raw)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r}: {name}: {exc}") from None
+        default_port = 443 if url.scheme == "https" else 80
+        found[(url.scheme, url.hostname, port or default_port)] = limits
+    return found
+
+
+def origin_limits(value: object) -> str:
+    """Per-origin limits, 'https://host[:port] maxsize=N pool_timeout=S; ...'; normalised."""
+    return "; ".join(
+        f"{scheme}://{f'[{host}]' if ':' in host else host}:{port} "
+        + " ".join(f"{k}={v:g}" for k, v in limits.items())
+        for (scheme, host, port), limits in _origin_limits(value).items())
 
 
 def inherited_policy(value: object) -> str:
@@ -297,6 +340,15 @@ class Settings:
         secret=True,
     )
 
+    origin_limits: str = _setting(
+        "POOLCLIENT_ORIGIN_LIMITS",
+        "",
+        origin_limits,
+        "Limits for particular origins, over POOLCLIENT_MAXSIZE and POOLCLIENT_POOL_TIMEOUT: "
+        "entries 'https://host[:port] maxsize=N pool_timeout=S' separated by ';', such as "
+        "a long-streaming API that needs more connections next to a fast one. Empty: the "
+        "same limits for every origin.",
+    )
     ready_urls: str = _setting(
         "POOLCLIENT_READY_URLS",
         "",
@@ -377,6 +429,11 @@ class Settings:
                 value = spec.metadata["shown"](value)
             shown[spec.metadata["env"]] = value
         return shown
+
+    @functools.cached_property
+    def limits_by_origin(self) -> dict[OriginKey, dict[str, float]]:
+        """``origin_limits`` parsed, once: {(scheme, host, port): {limit: value}}."""
+        return _origin_limits(self.origin_limits)
 
     @functools.cached_property
     def stats_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

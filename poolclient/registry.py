@@ -77,9 +77,13 @@ class _ProcessPools(PoolManager):
     def _new_pool(
         self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
     ) -> HTTPConnectionPool:
+        limits = self.settings.limits_by_origin.get((scheme, host.lower(), port), {})
+        if "maxsize" in limits:  # POOLCLIENT_ORIGIN_LIMITS, over POOLCLIENT_MAXSIZE
+            request_context = {**(request_context or self.connection_pool_kw),
+                               "maxsize": limits["maxsize"]}
         pool = super()._new_pool(scheme, host, port, request_context)
         if isinstance(pool, CountedPool):
-            pool.pool_timeout = self.settings.pool_timeout
+            pool.pool_timeout = limits.get("pool_timeout", self.settings.pool_timeout)
             pool.idle_timeout = self.settings.idle_timeout
             pool.max_lifetime = self.settings.max_lifetime
             pool.deadline = self.settings.deadline

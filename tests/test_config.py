@@ -113,6 +113,8 @@ GOOD_ENV = [
     pytest.param("POOLCLIENT_READY_TIMEOUT", "0.5", 0.5, id="ready_timeout"),
     pytest.param("POOLCLIENT_SERVER_TIMING", "true", True, id="server_timing"),
     pytest.param("POOLCLIENT_INHERITED", " FAIL ", "fail", id="inherited"),
+    pytest.param("POOLCLIENT_ORIGIN_LIMITS", "https://a.example maxsize=8",
+                 "https://a.example:443 maxsize=8", id="origin_limits"),
     pytest.param("POOLCLIENT_SERVE_ENDPOINTS", "no", False, id="serve_endpoints"),
 ]
 
@@ -232,6 +234,8 @@ BAD_ENV = [
     pytest.param("POOLCLIENT_READY_TIMEOUT", "-1", "greater than 0", id="ready_timeout-neg"),
     pytest.param("POOLCLIENT_SERVER_TIMING", "sometimes", "true/false", id="server_timing-bad"),
     pytest.param("POOLCLIENT_INHERITED", "ignore", "warn or fail", id="inherited-bad"),
+    pytest.param("POOLCLIENT_ORIGIN_LIMITS", "https://a.example maxsize=x", "maxsize",
+                 id="origin_limits-bad"),
     pytest.param("POOLCLIENT_SERVE_ENDPOINTS", "2", "true/false", id="serve_endpoints-bad"),
 ]
 
