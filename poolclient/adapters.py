@@ -43,6 +43,9 @@ class PoolAdapter(HTTPAdapter):
       looked up on every send (an adapter kept across a fork uses the child's pools);
     - TLS settings are part of the pool key and are never written onto a shared pool
       afterwards (requests' ``cert_verify`` would overwrite the configured CA bundle);
+      ``verify=True``, or a bundle from ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, is the
+      default trust (``POOLCLIENT_CA_BUNDLE`` when set); ``verify="/a/ca.pem"`` any other
+      path is honoured, in a pool of its own;
     - a request without a timeout gets the registry's connect and read timeouts, and each
       ``send`` the registry's deadline and retry policy (connects retried with backoff; a
       stale reused connection retried once for idempotent methods; nothing else resent);
@@ -74,10 +77,16 @@ class PoolAdapter(HTTPAdapter):
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(
             request, verify, cert
         )
-        # requests puts its default CA bundle on the pool in cert_verify(), which this
-        # adapter skips; put it in the key instead, so verify=True keeps meaning certifi.
-        if verify is True and "ca_certs" not in pool_kwargs and "ca_cert_dir" not in pool_kwargs:
-            pool_kwargs["ca_certs"] = DEFAULT_CA_BUNDLE_PATH
+        if verify is True or verify in _environment_bundles():
+            if self.registry.settings.ca_bundle:
+                # Default trust, which POOLCLIENT_CA_BUNDLE pins: the registry fills it in.
+                pool_kwargs.pop("ca_certs", None)
+                pool_kwargs.pop("ca_cert_dir", None)
+            elif verify is True and not pool_kwargs.keys() & {"ca_certs", "ca_cert_dir"}:
+                # requests puts its default CA bundle on the pool in cert_verify(), which
+                # this adapter does on a stand-in: in the key instead, verify=True keeps
+                # meaning certifi.
+                pool_kwargs["ca_certs"] = DEFAULT_CA_BUNDLE_PATH
         return host_params, pool_kwargs
 
     def get_connection_with_tls_context(
@@ -194,6 +203,13 @@ class PooledSession(requests.Session):
         for adapter in self.adapters.values():
             if adapter is not self.shared_adapter:
                 adapter.close()
+
+
+def _environment_bundles() -> tuple[str, ...]:
+    # What requests' verify=True becomes when the environment names a bundle: the same
+    # default trust, as requests' own cert_verify() takes it.
+    return tuple(filter(None, (os.environ.get("REQUESTS_CA_BUNDLE"),
+                               os.environ.get("CURL_CA_BUNDLE"))))
 
 
 def pooled_session(registry: Registry, adapter: PoolAdapter | None = None) -> requests.Session:

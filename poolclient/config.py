@@ -268,9 +268,11 @@ class Settings:
         "POOLCLIENT_CA_BUNDLE",
         None,
         ca_bundle,
-        "PEM file of CA certificates. When set, every verified connection made through the "
-        "registry trusts exactly these, whatever verify=True, REQUESTS_CA_BUNDLE or "
-        "CURL_CA_BUNDLE say; verify=False still turns verification off.",
+        "PEM file of CA certificates: the default trust. When set, a verified call that "
+        "names no CA of its own trusts exactly these: .request(), requests' verify=True, "
+        "a bundle inherited from REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE. A CA the caller "
+        "names (verify='/path', ca_certs=, ca_cert_data=, an SSLContext) is honoured, in a "
+        "pool of its own; verify=False still turns verification off.",
     )
     connect_retries: int = _setting(
         "POOLCLIENT_CONNECT_RETRIES",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .adapters import PoolAdapter
 
 _NO_VERIFY = ("CERT_NONE", 0)
+_OWN_TRUST = ("ca_certs", "ca_cert_dir", "ca_cert_data", "ssl_context")
 
 
 class _ProcessPools(PoolManager):
@@ -63,15 +64,22 @@ class _ProcessPools(PoolManager):
 
     def _merge_pool_kwargs(self, override: dict[str, Any] | None) -> dict[str, Any]:
         merged = super()._merge_pool_kwargs(override)
-        # Trust is a pool setting: a caller's verify=True or an inherited REQUESTS_CA_BUNDLE
-        # must not swap the configured CAs for others. verify=False still turns it off.
+        # POOLCLIENT_CA_BUNDLE is the default trust: what a call that names no CA of its
+        # own verifies with (.request(), requests' verify=True or an inherited
+        # REQUESTS_CA_BUNDLE, which PoolAdapter leaves out). A caller that names its own
+        # (a CA file, directory or data, an SSLContext: an SDK's cluster or private CA)
+        # gets exactly that, in a pool of its own. verify=False still turns it off.
+        ca_bundle = self.settings.ca_bundle
+        if not ca_bundle or merged.get("cert_reqs") in _NO_VERIFY:
+            return merged
+        if override and any(override.get(key) is not None for key in _OWN_TRUST):
+            if override.get("ca_certs") is None:
+                merged.pop("ca_certs", None)  # the pin, merged in from the defaults
+            return merged
         # Written out in full so that .request() (no cert_reqs) and requests' verify=True
         # (CERT_REQUIRED) share one pool, and one maxsize, per origin.
-        ca_bundle = self.settings.ca_bundle
-        if ca_bundle and merged.get("cert_reqs") not in _NO_VERIFY:
-            merged["cert_reqs"] = "CERT_REQUIRED"
-            merged["ca_certs"] = ca_bundle
-            merged.pop("ca_cert_dir", None)
+        merged["cert_reqs"] = "CERT_REQUIRED"
+        merged["ca_certs"] = ca_bundle
         return merged
 
     def _new_pool(
@@ -291,6 +299,16 @@ class Registry:
         from .integrations.httpx import PoolTransport
 
         return PoolTransport(self, deadline=deadline, connect_retries=connect_retries)
+
+    def pool_manager(self, **connection_pool_kw: Any) -> PoolManager:
+        """A urllib3 ``PoolManager`` on the shared pools, for code that holds one (the
+        Kubernetes client, google-auth's ``AuthorizedHttp``); takes ``PoolManager``'s
+        keywords. Its TLS settings (``ca_certs``, ``cert_file``, ``server_hostname``, ...)
+        are honoured and part of the pool key; ``clear()`` and closing it close nothing
+        shared (see :mod:`poolclient.integrations.poolmanager`)."""
+        from .integrations.poolmanager import BorrowedPoolManager
+
+        return BorrowedPoolManager(self, **connection_pool_kw)
 
     def ready(self) -> tuple[Check, ...]:
         """The ``POOLCLIENT_READY_URLS`` checks, cached for ``POOLCLIENT_READY_CACHE``."""

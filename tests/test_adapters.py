@@ -54,17 +54,19 @@ def test_registry_ca_bundle_wins_over_env_bundles(registry, upstream, env_bundle
 def test_registry_with_another_ca_rejects_upstream_even_with_verify_true(
     upstream, env_bundles, tmp_path
 ):
-    """A registry trusting only another CA fails TLS for verify=True, the environment's
-    bundle and a verify=<path> alike; verify=False still connects."""
+    """A registry whose default trust is another CA fails TLS for verify=True and the
+    environment's bundle alike; the caller's own verify=<upstream's CA> connects, and
+    verify=False still does."""
     registry = Registry(Settings(ca_bundle=other_ca_file(str(tmp_path)), maxsize=2))
     try:
         with registry.session() as session:
-            for verify in (True, None, upstream.ca):
+            for verify in (True, None, env_bundles):
                 kwargs = {} if verify is None else {"verify": verify}
                 with pytest.raises(requests.exceptions.SSLError):
                     session.get(upstream.url + "/x", **kwargs)
+            assert session.get(upstream.url + "/own", verify=upstream.ca).status_code == 200
             assert session.get(upstream.url + "/y", verify=False).status_code == 200
-        assert upstream.stats()["requests"] == 1
+        assert upstream.stats()["requests"] == 2
     finally:
         registry.close()
 

@@ -7,5 +7,7 @@ and on nothing here but the mapping the httpx family shares (:mod:`._httpx_famil
 
 - :mod:`.httpx2`: an ``httpx2`` transport, for the OpenAI and Anthropic SDKs
   (``pip install 'poolclient[httpx2]'``);
-- :mod:`.httpx`: an ``httpx`` transport (``pip install 'poolclient[httpx]'``).
+- :mod:`.httpx`: an ``httpx`` transport (``pip install 'poolclient[httpx]'``);
+- :mod:`.poolmanager`: a urllib3 ``PoolManager`` stand-in, for the Kubernetes client and
+  google-auth's ``AuthorizedHttp``.
 """
