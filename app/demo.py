@@ -3,7 +3,8 @@
 With ``UPSTREAM_URL`` unset, it starts the demo HTTPS upstream (:mod:`app.upstream`) on a
 free loopback port with a CA generated into ``run/certs``, and trusts that CA through
 ``POOLCLIENT_CA_BUNDLE``. Then it runs gunicorn with ``gunicorn.conf.py``; Ctrl-C, or a
-SIGINT or SIGTERM sent to this process alone, stops both.
+SIGINT or SIGTERM sent to this process alone, stops both. gunicorn's own processes run with
+SIGINT blocked (see :func:`main`): signal this one.
 
 ``python -m app.demo app.flask_example:app`` (``make run APP=...``) runs another WSGI app
 the same way: the Flask or Django example (``app.django_example:application``).
@@ -45,18 +46,28 @@ def main() -> None:
     target = sys.argv[1:2]  # a WSGI app other than the relay, if given
     path = "/items/7" if target else "/upstream/hello?x=1"
     print(f"try: curl http://{bind}{path}  and  curl http://{bind}/health", flush=True)
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *target], cwd=HERE,
-        env=env,
-    )
+    # gunicorn starts with SIGINT blocked (the mask is inherited through exec and fork): a
+    # terminal's Ctrl-C reaches this process only, which stops gunicorn with one SIGQUIT,
+    # gunicorn's quick stop as on SIGINT. Were a gthread worker to get the terminal's SIGINT
+    # too, its master's SIGQUIT would follow within milliseconds and could interrupt the
+    # worker's SIGINT handler while that holds its thread pool's lock; the second handler
+    # then waits for that lock forever, and the master for the worker: graceful_timeout.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *target], cwd=HERE,
+            env=env,
+        )
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        raise
     # SIGTERM (systemd, timeout, kill) stops gunicorn gracefully, then the demo upstream.
     signal.signal(signal.SIGTERM, lambda *_: gunicorn.terminate())
     try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a Ctrl-C since is raised here
         code = gunicorn.wait()
     except KeyboardInterrupt:
-        # A terminal's Ctrl-C reached gunicorn too (a second SIGINT changes nothing there);
-        # a SIGINT sent to this process alone did not.
-        gunicorn.send_signal(signal.SIGINT)
+        gunicorn.send_signal(signal.SIGQUIT)
         code = gunicorn.wait()
     finally:
         if upstream is not None:

@@ -24,8 +24,9 @@ Paths (any method; a request body is read and discarded):
   the order received, repeats kept;
 - ``/repeated-headers``: answers ``Set-Cookie: a=1``, ``X-Between: 1``, ``Set-Cookie: b=2``;
 - ``/gzip``: a JSON body sent with ``Content-Encoding: gzip``;
-- the OpenAI and Anthropic endpoints, and ``/sse``, of :mod:`app.sdk_api`; ``POST
-  /_upstream/gate/NAME`` opens its gate NAME (not counted);
+- the SDK endpoints of :mod:`app.stubs` (OpenAI and Anthropic, with ``/sse``, in
+  :mod:`app.stubs.llm`); ``POST /_upstream/gate/NAME`` opens the gate NAME that a stream
+  waits on (not counted);
 - anything else: ``{"path", "query", "method", "body_length", "connection", "request",
   "server_pid"}``.
 
@@ -57,7 +58,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from app import sdk_api
+from app import stubs
+from app.stubs.llm import Gates
 
 STATS_PATH = "/_upstream/stats"
 GARBAGE = b"this is not HTTP at all\r\n\r\n"
@@ -236,8 +238,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # not a byte: the client meets a closed connection
             return
         query = parse_qs(url.query)
-        if sdk_api.handles(url.path):
-            sdk_api.answer(self, url.path, query, body, self.server.gates)
+        stub = stubs.find(url.path)
+        if stub is not None:
+            stub.answer(self, url.path, query, body, self.server.gates)
             return
         if url.path == "/drop-next":
             self.drop_next = True
@@ -298,7 +301,7 @@ class UpstreamServer(ThreadingHTTPServer):
                  hosts: int = 1, idle_close: float | None = None) -> None:
         super().__init__(address, Handler)
         self.record = Record()
-        self.gates = sdk_api.Gates()
+        self.gates = Gates()
         self.idle_close = idle_close
         self.hosts = loopback_hosts(hosts, address[0])
         port = self.server_address[1]

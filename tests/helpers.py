@@ -58,7 +58,7 @@ class Upstream:
         return json.loads(r.data)
 
     def open_gate(self, name: str) -> None:
-        """Let the streams waiting on gate ``name`` go on (``app/sdk_api.py``)."""
+        """Let the streams waiting on gate ``name`` go on (``app/stubs/llm.py``)."""
         with urllib3.PoolManager(ca_certs=self.ca, retries=False) as http:
             assert http.request("POST", f"{self.url}/_upstream/gate/{name}").status == 200
 

@@ -1,6 +1,6 @@
 """The OpenAI and Anthropic SDKs, unchanged, on ``Registry.httpx2_transport()``, against the
 real TLS upstream speaking their wire formats (JSON, and server-sent events for streams;
-``app/sdk_api.py``). In process here; under real gunicorn in ``test_sdks_gunicorn.py``."""
+``app/stubs/llm.py``). In process here; under real gunicorn in ``test_sdks_gunicorn.py``."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_stalled_upstream_is_the_sdks_timeout_error(upstream, http_client, sdk):
             client.chat.completions.create(model="m", messages=MESSAGES)
         else:
             client.messages.create(model="m", max_tokens=5, messages=MESSAGES)
-    # The read timeout's doing: the stall lasts 30 s (app/sdk_api.STALL_SECONDS).
+    # The read timeout's doing: the stall lasts 30 s (app/stubs/llm.STALL_SECONDS).
     assert time.monotonic() - started < 5
 
 

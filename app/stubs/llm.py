@@ -1,5 +1,5 @@
-"""The few endpoints of the OpenAI and Anthropic APIs that the SDK tests call, for
-:mod:`app.upstream`: JSON answers, and server-sent events for streams.
+"""The few endpoints of the OpenAI and Anthropic APIs that the SDK tests call: JSON
+answers, and server-sent events for streams.
 
 - ``POST /v1/chat/completions`` (OpenAI): a completion whose text is ``pong``; with
   ``"stream": true``, one ``chat.completion.chunk`` event per word, then ``data: [DONE]``;

@@ -1,0 +1,24 @@
+"""The few endpoints of each SDK's API that the SDK tests call, for :mod:`app.upstream`.
+
+One module per API. Each has ``handles(path) -> bool`` and ``answer(handler, path, query,
+body, gates)``, which writes the whole answer on ``handler`` (an ``app.upstream.Handler``);
+the upstream has counted the request (connection, pid, request id) before. Modules are
+found here by name, so adding an API is adding a module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+_modules: list[ModuleType] | None = None
+
+
+def find(path: str) -> ModuleType | None:
+    """The stub that answers ``path``, if one does."""
+    global _modules
+    if _modules is None:
+        _modules = [importlib.import_module(f"{__name__}.{info.name}")
+                    for info in pkgutil.iter_modules(__path__)]
+    return next((module for module in _modules if module.handles(path)), None)
