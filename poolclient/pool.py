@@ -372,7 +372,10 @@ class CountedPool(_PoolBase):
                 last = history[-1].error if history else None
                 raise retry.DeadlineExceededError(self, url, last)
             try:
-                response = super().urlopen(method, url, *args, **kw)
+                # No local for the response: a retry's error keeps this frame alive in its
+                # traceback (the response's Retry.history holds it), and a local there would
+                # keep the response, and its socket, until the garbage collector ran.
+                return self._streaming(super().urlopen(method, url, *args, **kw))
             except (Urllib3TimeoutError, EmptyPoolError, MaxRetryError) as exc:
                 # A timeout or a pool wait that the deadline cut short is the deadline's.
                 left = retry.remaining()
@@ -384,6 +387,8 @@ class CountedPool(_PoolBase):
         finally:
             if started is not None:
                 retry.end(started)
+
+    def _streaming(self, response: BaseHTTPResponse) -> BaseHTTPResponse:
         conn = getattr(response, "_connection", None)  # not released: the body is to read
         if conn is not None and not getattr(conn, "streaming", False):  # (a retry's too)
             conn.streaming = True
@@ -464,8 +469,9 @@ def _event(name: str, conn: Any, **fields: object) -> None:
     """One logfmt line: ``event=opened origin=https://host:443 conn=1a2b handshake_ms=3.1``."""
     scheme = "https" if getattr(conn, "default_port", 80) == 443 else "http"
     extra = " ".join(f"{key}={value}" for key, value in fields.items())
-    events.debug("event=%s origin=%s://%s:%s conn=%x %s", name, scheme, conn.host, conn.port,
-                 id(conn) & 0xFFFFFF, extra)
+    events.debug("event=%s origin=%s://%s:%s conn=%x %s", name, scheme,
+                 getattr(conn, "host", "?"), getattr(conn, "port", "?"), id(conn) & 0xFFFFFF,
+                 extra)
 
 
 def _public_name(cls: type[Any]) -> str:

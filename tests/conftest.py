@@ -11,14 +11,24 @@ from poolclient import Registry, Settings
 from tests.helpers import Gunicorn, Upstream, start_upstream
 
 
-@pytest.fixture
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    """A fresh TLS upstream per test, so its connection record is the test's alone."""
-    server = start_upstream(str(tmp_path_factory.mktemp("upstream")))
+def _started(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Upstream]:
+    server = start_upstream(str(tmp_path_factory.mktemp(name)))
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A fresh TLS upstream per test, so its connection record is the test's alone."""
+    yield from _started(tmp_path_factory, "upstream")
+
+
+@pytest.fixture
+def other_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A second one, signed by a CA of its own."""
+    yield from _started(tmp_path_factory, "other")
 
 
 @pytest.fixture

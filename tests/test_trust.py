@@ -13,24 +13,20 @@ import urllib3
 from urllib3.exceptions import MaxRetryError, SSLError
 
 from poolclient import Registry, Settings
-from tests.helpers import Upstream, start_upstream
+from tests.helpers import Upstream
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
 @pytest.fixture
-def other(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+def other(other_upstream: Upstream) -> Upstream:
     """Upstream B: a CA of its own, which the registry does not pin."""
-    server = start_upstream(str(tmp_path_factory.mktemp("other")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    return other_upstream
 
 
 @pytest.fixture
-def pinned(upstream: Upstream, monkeypatch) -> Iterator[Registry]:
-    """POOLCLIENT_CA_BUNDLE = upstream A's CA, with the environment naming B's bundle."""
+def pinned(upstream: Upstream) -> Iterator[Registry]:
+    """POOLCLIENT_CA_BUNDLE = upstream A's CA."""
     registry = Registry(Settings(ca_bundle=upstream.ca, maxsize=2, connect_retries=0))
     try:
         yield registry
