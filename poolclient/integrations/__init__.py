@@ -9,5 +9,8 @@ and on nothing here but the mapping the httpx family shares (:mod:`._httpx_famil
   (``pip install 'poolclient[httpx2]'``);
 - :mod:`.httpx`: an ``httpx`` transport (``pip install 'poolclient[httpx]'``);
 - :mod:`.poolmanager`: a urllib3 ``PoolManager`` stand-in, for the Kubernetes client and
-  google-auth's ``AuthorizedHttp``.
+  google-auth's ``AuthorizedHttp``;
+- :mod:`.elastic`: ``PooledNode``: ``Elasticsearch(url, node_class=PooledNode)``;
+- :mod:`.opensearch`: ``PooledConnection``: ``OpenSearch(url, connection_class=...)``;
+- :mod:`.botocore`: ``use_registry(client)``, boto3/botocore clients on the pools.
 """
