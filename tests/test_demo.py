@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
-import urllib3
 
 from tests.helpers import ROOT, Upstream, free_port, wait_for
 
-
-def _answers(url: str) -> bool:
-    try:
-        # Connection: close, so that no idle keep-alive connection holds up a graceful stop.
-        return urllib3.request("GET", url, retries=False, timeout=2,
-                               headers={"Connection": "close"}).status == 200
-    except urllib3.exceptions.HTTPError:
-        return False
-
-
 WORKERS = 2
+
+
+def _answers(port: int) -> bool:
+    """Whether gunicorn on ``port`` answers GET /livez with 200 and then closes the
+    connection. Connection: close, so that no idle keep-alive connection holds up a graceful
+    stop; read to the end, because the worker's main thread closes it only once back in its
+    loop: until then it may still be in ``ThreadPoolExecutor.submit()`` (starting the
+    thread that answered), holding the pool's lock, and gthread's SIGINT and SIGQUIT handler
+    (``tpool.shutdown()``, which takes that lock) would deadlock there."""
+    request = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answer = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(request)
+            while chunk := s.recv(65536):
+                answer += chunk
+    except OSError:  # refused, reset or timed out
+        return False
+    return answer.startswith(b"HTTP/1.1 200 ")
 
 
 def _caught(pid: int) -> set[int]:
@@ -63,10 +72,11 @@ def test_a_signal_stops_gunicorn_and_the_demo(upstream: Upstream, to: str, signu
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/livez"), 30, "the demo's gunicorn")
+        wait_for(lambda: _answers(port), 30, "the demo's gunicorn")
         with open(f"/proc/{demo.pid}/task/{demo.pid}/children") as f:
             (master,) = (int(pid) for pid in f.read().split())
-        # Signal a started gunicorn, not one still booting a worker (see _workers_booted).
+        # Signal a gunicorn at rest: no worker still booting (see _workers_booted), none
+        # still dispatching the request above (see _answers).
         wait_for(lambda: _workers_booted(master), 30, "gunicorn's workers to boot")
         if to == "group":
             os.killpg(demo.pid, signum)
@@ -74,7 +84,7 @@ def test_a_signal_stops_gunicorn_and_the_demo(upstream: Upstream, to: str, signu
             demo.send_signal(signum)
         assert demo.wait(timeout=30) == 0
         assert not os.path.exists(f"/proc/{master}")  # reaped by the demo: gone
-        assert not _answers(f"http://127.0.0.1:{port}/livez")
+        assert not _answers(port)
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
