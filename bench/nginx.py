@@ -52,7 +52,7 @@ SERVER = """\
         ssl_protocols {protocol};
         ssl_certificate {dir}/{name}.pem;
         ssl_certificate_key {dir}/{name}.key;
-        default_type application/json;
+{keepalive}        default_type application/json;
         location / {{
             return 200 '{{"ok":true}}\\n';
         }}
@@ -81,6 +81,17 @@ class Server:
     protocol: str  # nginx's ssl_protocols value
     key_type: trustme.KeyType = trustme.KeyType.ECDSA
     port: int = 0
+    # The server's own keep-alive, in place of the http block's never-ending one: nginx's
+    # keepalive_requests (requests on one connection, then it closes) and keepalive_timeout.
+    keepalive_requests: int | None = None
+    keepalive_timeout: str | None = None
+
+    def keepalive(self) -> str:
+        lines = [f"        keepalive_requests {self.keepalive_requests};\n"
+                 if self.keepalive_requests else "",
+                 f"        keepalive_timeout {self.keepalive_timeout};\n"
+                 if self.keepalive_timeout else ""]
+        return "".join(lines)
 
 
 @dataclass(frozen=True)
@@ -147,7 +158,7 @@ def nginx(directory: Path, servers: list[Server]) -> Iterator[Path]:
         server.port = free_port()
         blocks.append(SERVER.format(port=server.port, protocol=server.protocol,
                                     dir=directory, name=server.name,
-                                    completion=COMPLETION))
+                                    keepalive=server.keepalive(), completion=COMPLETION))
     (directory / "tmp").mkdir(exist_ok=True)
     conf = directory / "nginx.conf"
     conf.write_text(CONF.format(dir=directory, servers="".join(blocks)))

@@ -6,7 +6,11 @@ them, with multiprocess metrics on, as under gunicorn) is called from one thread
 the same nginx TLS upstream as the benchmark, and the process's CPU time is divided by the
 calls. ``--profile NAME`` prints where one contender's time goes (cProfile, by own time).
 
-    python -m bench.profile [--calls 3000] [--profile 'poolclient .request()']
+    python -m bench.profile [--calls 3000] [--profile 'poolclient .request()'] [--scenario b]
+
+``--scenario`` picks the upstream of one of ``make bench``'s scenarios (``bench/scenarios.py``;
+default ``a-ca``, the ideal upstream and the test CA alone): ``b`` makes every 100th call
+reconnect, so the reconnect's cost shows per request, as under load.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=3000, help="calls per sample")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--profile", help="a contender to profile instead")
+    parser.add_argument("--scenario", default="a-ca", help="whose upstream and CA (a, b, ...)")
+    parser.add_argument("--only", action="append", default=[], help="a contender (repeatable)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="poolclient-profile-") as tmp:
         work = Path(tmp)
@@ -45,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         # gunicorn's hooks.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(work / "metrics")
         from bench.run import upstream as nginx_upstream
+        from bench.scenarios import SCENARIOS
 
+        scenario = SCENARIOS[args.scenario]
         with nginx_upstream(work) as upstream:
-            os.environ.update(BENCH_UPSTREAM=upstream.url, BENCH_CA=upstream.ca,
-                              POOLCLIENT_CA_BUNDLE=upstream.ca)
+            ca = upstream.ca_for(scenario)
+            os.environ.update(BENCH_UPSTREAM=upstream.url_for(scenario.server), BENCH_CA=ca,
+                              POOLCLIENT_CA_BUNDLE=ca)
             return _measure(args)
 
 
@@ -58,7 +67,9 @@ def _measure(args: argparse.Namespace) -> int:
     from bench.run import BASELINE, CONTENDERS
 
     poolclient.configure(default_maxsize=4)
-    names = [args.profile] if args.profile else list(CONTENDERS)
+    names = [args.profile] if args.profile else (args.only or list(CONTENDERS))
+    if not args.profile and BASELINE not in names:
+        names.insert(0, BASELINE)
     apps = {}
     for name in names:
         attr, hooked = CONTENDERS[name]

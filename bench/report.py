@@ -1,8 +1,9 @@
-"""The benchmark's report: pure functions from the runs of ``bench.run`` to a table, the
-targets of issue 5, a Markdown page and a plot. Nothing here starts a process or times
-anything, so a report can be re-rendered from ``docs/bench.json``::
+"""The benchmark's report: pure functions from the runs of ``bench.run`` to tables (one row
+group per scenario), the targets of issues 5, 13 and 16, a Markdown page and a plot. Nothing
+here starts a process or times anything, so a report can be re-rendered from
+``docs/bench.json`` (one written before issue 16, without scenarios, reads as ``a-ca``)::
 
-    python -m bench.report docs/bench.json docs
+    python -m bench.report docs/bench.json docs [README.md]
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.burst import percentile
+from bench.scenarios import SCENARIOS
+
 BLOCK_START = "<!-- bench:start (written by make bench) -->"
 BLOCK_END = "<!-- bench:end -->"
 
+STATIC = "static (no upstream)"
+BASELINE = "bare urllib3 PoolManager"
 REQUEST = "poolclient .request()"
 SESSION = "poolclient .session() per request"
 SHARED = "shared requests.Session"
@@ -24,15 +30,25 @@ PER_REQUEST = "requests Session per request"
 OPENAI_POOLED = "OpenAI client on poolclient's transport"
 OPENAI_SHARED = "OpenAI module-level client (httpx2's pool)"
 OPENAI_PER_REQUEST = "OpenAI client per request"
+# Contenders that keep connections: at most one per thread while the upstream keeps them.
+POOLED = (SHARED, BASELINE, REQUEST, SESSION, OPENAI_SHARED, OPENAI_POOLED)
+# Who each poolclient contender is measured against in (d).
+PEERS = {REQUEST: (PER_REQUEST, SHARED, BASELINE), SESSION: (PER_REQUEST, SHARED, BASELINE),
+         OPENAI_POOLED: (OPENAI_PER_REQUEST, OPENAI_SHARED)}
+OLD = "a-ca"  # what a bench.json without scenarios measured
 
 
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
+def scenario_of(run: Mapping[str, Any]) -> str:
+    return str(run.get("scenario") or OLD)
+
+
 def summarize(runs: Sequence[Mapping[str, Any]], baseline: str) -> list[dict[str, Any]]:
-    """One row per contender, in the order first run: medians over rounds, and the median
-    of each round's req/s ratio to ``baseline`` in that same round."""
+    """One row per contender of one scenario's runs, in the order first run: medians over
+    rounds, and the median of each round's req/s ratio to ``baseline`` in that round."""
     names = list(dict.fromkeys(r["contender"] for r in runs))
     base = {r["round"]: r["rps"] for r in runs if r["contender"] == baseline}
     rows = []
@@ -40,6 +56,10 @@ def summarize(runs: Sequence[Mapping[str, Any]], baseline: str) -> list[dict[str
         mine = [r for r in runs if r["contender"] == name]
         ratios = [r["rps"] / base[r["round"]] for r in mine if base.get(r["round"])]
         upstream = [r for r in mine if r["upstream_requests"]]
+        rss = [sum(r["rss_kib"]) / len(r["rss_kib"]) / 1024 for r in mine if r.get("rss_kib")]
+        first = [ms for r in mine for ms in (r.get("first_ms") or ())]
+        handshakes = sum(r["handshakes"] for r in mine)
+        resumed = sum(r["resumed"] for r in mine)
         rows.append({
             "contender": name,
             "rounds": len(mine),
@@ -50,122 +70,262 @@ def summarize(runs: Sequence[Mapping[str, Any]], baseline: str) -> list[dict[str
             "p50_ms": _median([r["p50_ms"] for r in mine]),
             "p99_ms": _median([r["p99_ms"] for r in mine]),
             "handshakes": max(r["handshakes"] for r in mine),
+            # Most handshakes in a run beyond one per 100 upstream requests.
+            "handshakes_over_100": max(r["handshakes"] - r["upstream_requests"] / 100
+                                       for r in mine),
             "handshakes_per_10k": _median([r["handshakes"] / r["upstream_requests"] * 10_000
                                            for r in upstream]) if upstream else None,
-            "resumed": sum(r["resumed"] for r in mine),
+            "resumed": resumed,
+            "resumed_rate": resumed / handshakes if handshakes else None,
             "cpu_per_1k": _median([r["cpu_s"] / r["requests"] * 1000 for r in mine]),
+            "rss_mib": _median(rss) if rss else None,
+            # (d): every round's firsts after a gap, pooled (a run has clients x gaps).
+            "first_n": len(first),
+            "first_p50_ms": percentile(first, 50) if first else None,
+            "first_p99_ms": percentile(first, 99) if first else None,
             "errors": sum(r["errors"] for r in mine),
             "per_round": {r["round"]: r["rps"] for r in mine},
         })
     return rows
 
 
-def _row(rows: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
-    return next((r for r in rows if r["contender"] == name), None)
+def groups(runs: Sequence[Mapping[str, Any]], baseline: str) -> dict[str, list[dict[str, Any]]]:
+    """The rows of each scenario that ran, in the report's order (realistic ones first)."""
+    keys = [k for k in SCENARIOS if any(scenario_of(r) == k for r in runs)]
+    return {k: summarize([r for r in runs if scenario_of(r) == k], baseline) for k in keys}
 
 
-def _paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+def _row(rows: Sequence[Mapping[str, Any]] | None, name: str) -> Mapping[str, Any] | None:
+    return next((r for r in rows or () if r["contender"] == name), None)
+
+
+def _paired_ratio(a: Mapping[str, Any], b: Mapping[str, Any]) -> float | None:
     """Median over rounds of a's req/s over b's in the same round."""
-    return _median([rps / b["per_round"][n] for n, rps in a["per_round"].items()
-                    if b["per_round"].get(n)])
+    ratios = [rps / b["per_round"][n] for n, rps in a["per_round"].items()
+              if b["per_round"].get(n)]
+    return _median(ratios) if ratios else None
 
 
-def targets(rows: Sequence[Mapping[str, Any]], connections: int,
-            duration: float) -> list[dict[str, Any]]:
-    """The targets a load run decides (issues 5 and 13), each with its figure and verdict."""
-    found = []
-    request, session = _row(rows, REQUEST), _row(rows, SESSION)
-    shared, per_request = _row(rows, SHARED), _row(rows, PER_REQUEST)
-    if request is not None and request["ratio"] is not None:
-        found.append({"target": ".request() >= 1.0x bare urllib3 req/s (below 0.95x: a "
-                                "regression)",
-                      "figure": f"{request['ratio']:.3f}x", "met": request["ratio"] >= 1.0,
-                      "regression": request["ratio"] < 0.95})
-    if session is not None and shared is not None:
-        ratio = _paired_ratio(session, shared)
-        found.append({"target": ".session() per request >= 1.0x one shared requests.Session",
-                      "figure": f"{ratio:.3f}x", "met": ratio >= 1.0, "regression": False})
-    pooled = _row(rows, OPENAI_POOLED)
-    for other, most, wording in ((_row(rows, OPENAI_SHARED), 1.0, "no more than"),
-                                 (_row(rows, OPENAI_PER_REQUEST), 0.5, "at most half")):
+def tax(found: Mapping[str, Sequence[Mapping[str, Any]]], name: str, key: str) -> float | None:
+    """``name``'s req/s in scenario ``key`` over its own in (a), paired by round."""
+    mine, ideal = _row(found.get(key), name), _row(found.get("a"), name)
+    return _paired_ratio(mine, ideal) if mine and ideal else None
+
+
+def _target(text: str, figure: str, met: bool | None, regression: bool = False
+            ) -> dict[str, Any]:
+    return {"target": text, "figure": figure, "met": met, "regression": regression}
+
+
+def _at_least(found: Mapping[str, Sequence[Mapping[str, Any]]], key: str, mine: str,
+              peer: str, most: float) -> dict[str, Any] | None:
+    a, b = _row(found.get(key), mine), _row(found.get(key), peer)
+    ratio = _paired_ratio(a, b) if a and b else None
+    if ratio is None:
+        return None
+    return _target(f"({key[0]}) {mine} >= {most:g}x {peer} req/s", f"{ratio:.3f}x",
+                   ratio >= most)
+
+
+def targets(found: Mapping[str, Sequence[Mapping[str, Any]]], connections: int,
+            callgrind: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The targets the runs decide, each with its figure and verdict (``met`` is ``None``
+    where the figure was not measured)."""
+    out: list[dict[str, Any]] = []
+
+    def add(item: dict[str, Any] | None) -> None:
+        if item is not None:
+            out.append(item)
+
+    # (b) and (c): the reconnect tax.
+    add(_at_least(found, "b", REQUEST, BASELINE, 1.4))
+    add(_at_least(found, "b", SESSION, SHARED, 1.4))
+    ratio = tax(found, REQUEST, "b")
+    if ratio is not None:
+        add(_target(f"(b) {REQUEST}: its req/s in (b) over its own in (a) >= 0.85",
+                    f"{ratio:.3f}", ratio >= 0.85))
+    add(_at_least(found, "c", REQUEST, BASELINE, 1.0))
+    add(_at_least(found, "c", SESSION, SHARED, 1.0))
+    # (d): the first request after an idle gap.
+    for name, peers in PEERS.items():
+        mine = _row(found.get("d"), name)
+        others = [r for r in (_row(found.get("d"), p) for p in peers)
+                  if r and r["first_p99_ms"] is not None]
+        if mine and mine["first_p99_ms"] is not None and others:
+            best = min(others, key=lambda r: r["first_p99_ms"])
+            add(_target(f"(d) {name}: p99 of the first request after a gap below every "
+                        f"peer's ({', '.join(peers)})",
+                        f"{mine['first_p99_ms']:.2f} ms against {best['first_p99_ms']:.2f} ms "
+                        f"({best['contender']}, the lowest peer)",
+                        mine["first_p99_ms"] < best["first_p99_ms"]))
+    # Memory after (b).
+    mine, base = _row(found.get("b"), REQUEST), _row(found.get("b"), BASELINE)
+    if mine and base and mine["rss_mib"] is not None and base["rss_mib"] is not None:
+        add(_target(f"(b) {REQUEST}: RSS per worker at most bare urllib3's",
+                    f"{mine['rss_mib']:.1f} against {base['rss_mib']:.1f} MiB",
+                    mine["rss_mib"] <= base["rss_mib"]))
+    # (a): the no-regression bar, req/s and instructions.
+    for key in ("a", OLD):
+        mine = _row(found.get(key), REQUEST)
+        if mine and mine["ratio"] is not None:
+            add(_target(f"({key}) {REQUEST} >= 0.96x bare urllib3 req/s (median of rounds)",
+                        f"{mine['ratio']:.3f}x", mine["ratio"] >= 0.96, mine["ratio"] < 0.96))
+    if found.get("a") or found.get(OLD):
+        if callgrind:
+            ratio = callgrind["ratio"]
+            per = callgrind["per_request"]
+            add(_target(f"(a) {REQUEST} <= 1.02x bare urllib3's instructions per request "
+                        f"(callgrind, {callgrind['calls']} requests, one process)",
+                        f"{ratio:.4f}x ({per[REQUEST]:,.0f} against {per[BASELINE]:,.0f})",
+                        ratio <= 1.02, ratio > 1.02))
+        else:
+            add(_target(f"(a) {REQUEST} <= 1.02x bare urllib3's instructions per request "
+                        "(callgrind)", "not measured", None))
+    # Handshakes, counted by nginx, for every pooled contender.
+    for key in ("b", "a", OLD):
+        for name in POOLED:
+            row = _row(found.get(key), name)
+            if row is None:
+                continue
+            if key == "b":
+                add(_target(f"(b) {name}: TLS handshakes <= requests/100 + workers x threads "
+                            f"({connections}) in every run",
+                            f"{row['handshakes_over_100']:+.0f} over requests/100 (most in "
+                            "a run)", row["handshakes_over_100"] <= connections))
+            else:
+                add(_target(f"({key}) {name}: TLS handshakes <= workers x threads = "
+                            f"{connections} over each whole run",
+                            f"{row['handshakes']} (most in a run)",
+                            row["handshakes"] <= connections))
+    # Issue 13: the OpenAI client on poolclient's transport, in the ideal case.
+    ideal = found.get(OLD) or found.get("a")
+    pooled = _row(ideal, OPENAI_POOLED)
+    for other, most, wording in ((_row(ideal, OPENAI_SHARED), 1.0, "no more than"),
+                                 (_row(ideal, OPENAI_PER_REQUEST), 0.5, "at most half")):
         if pooled is not None and other is not None:
             ratio = pooled["cpu_per_1k"] / other["cpu_per_1k"]
-            found.append({"target": f"{OPENAI_POOLED}: CPU per call {wording} the "
-                                    f"{other['contender']}'s",
-                          "figure": f"{pooled['cpu_per_1k']:.3f} against "
-                                    f"{other['cpu_per_1k']:.3f} s per 1k ({ratio:.2f}x)",
-                          "met": ratio <= most, "regression": False})
-    for row in (request, session, pooled):
-        if row is None:
-            continue
-        scale = "" if duration == 10 else f" (runs of {duration:g} s)"
-        found.append({"target": f"{row['contender']}: upstream TLS handshakes per 10 s run <= "
-                                f"workers x threads = {connections}{scale}",
-                      "figure": f"{row['handshakes']} (most in a run)",
-                      "met": row["handshakes"] <= connections, "regression": False})
-    if per_request is not None and per_request["handshakes_per_10k"] is not None:
-        per = per_request["handshakes_per_10k"]
-        found.append({"target": "versus one handshake per request for a Session per request",
-                      "figure": f"{per:,.0f} per 10,000 requests", "met": per >= 9_900,
-                      "regression": False})
-    return found
+            add(_target(f"{OPENAI_POOLED}: CPU per call {wording} the {other['contender']}'s",
+                        f"{pooled['cpu_per_1k']:.3f} against {other['cpu_per_1k']:.3f} s per "
+                        f"1k ({ratio:.2f}x)", ratio <= most))
+    return out
 
 
 def target_lines(found: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [f"- {'met' if t['met'] else 'NOT MET'}: {t['target']}: {t['figure']}"
-            for t in found]
+    verdict = {True: "met", False: "NOT MET", None: "not measured"}
+    return [f"- {verdict[t['met']]}: {t['target']}: {t['figure']}" for t in found]
 
 
-def _num(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+def _num(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + suffix
 
 
-def table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The Markdown table of medians (the README shows this one)."""
-    lines = ["| contender | req/s | vs bare urllib3 | p50 ms | p99 ms | "
-             "TLS handshakes per 10k req | CPU s per 1k req |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['contender']} | {r['rps']:,.0f} | {_num(r['ratio'], '.2f')}x | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{_num(r['handshakes_per_10k'], ',.1f')} | {r['cpu_per_1k']:.3f} |")
+def table(rows: Sequence[Mapping[str, Any]], bursts: bool = False) -> str:
+    """The Markdown table of one scenario's medians."""
+    if bursts:
+        head = ["| contender | first after a gap: p50 ms | p99 ms | n | req/s in bursts | "
+                "p99 ms, all | TLS handshakes per 10k req | resumed | CPU s per 1k req | "
+                "RSS MiB per worker |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines = [f"| {r['contender']} | {_num(r['first_p50_ms'], '.2f')} | "
+                 f"{_num(r['first_p99_ms'], '.2f')} | {r['first_n']} | {r['rps']:,.0f} | "
+                 f"{r['p99_ms']:.2f} | {_num(r['handshakes_per_10k'], ',.1f')} | "
+                 f"{_num(r['resumed_rate'], '.0%')} | {r['cpu_per_1k']:.3f} | "
+                 f"{_num(r['rss_mib'], '.1f')} |" for r in rows]
+        return "\n".join(head + lines)
+    head = ["| contender | req/s | vs bare urllib3 | p50 ms | p99 ms | "
+            "TLS handshakes per 10k req | resumed | CPU s per 1k req | RSS MiB per worker |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| {r['contender']} | {r['rps']:,.0f} | {_num(r['ratio'], '.2f')}x | "
+             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+             f"{_num(r['handshakes_per_10k'], ',.1f')} | {_num(r['resumed_rate'], '.0%')} | "
+             f"{r['cpu_per_1k']:.3f} | {_num(r['rss_mib'], '.1f')} |" for r in rows]
+    return "\n".join(head + lines)
+
+
+def tax_table(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """Each contender's req/s in (b) and (c) over its own in (a): the reconnect tax."""
+    if "a" not in found or not ({"b", "c"} & set(found)):
+        return ""
+    lines = ["| contender | (b) / (a) | (c) / (a) |", "|---|---:|---:|"]
+    for row in found["a"]:
+        name = row["contender"]
+        if name == STATIC:
+            continue
+        lines.append(f"| {name} | {_num(tax(found, name, 'b'), '.3f')} | "
+                     f"{_num(tax(found, name, 'c'), '.3f')} |")
     return "\n".join(lines)
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], found: Sequence[Mapping[str, Any]],
-             meta: Mapping[str, str]) -> str:
-    """``docs/bench.md``: what ran, where, the table, the spread, the targets."""
-    rounds = max((r["rounds"] for r in rows), default=0)
-    spread = "\n".join(f"| {r['contender']} | {r['rps_min']:,.0f} | {r['rps_max']:,.0f} | "
-                       f"{r['handshakes']} | {r['resumed']} | {r['errors']} |" for r in rows)
+def readme_block(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """What the README shows between its markers (``docs/bench.md`` has it too): one table
+    per scenario, the realistic upstreams first, and the reconnect tax."""
+    parts = []
+    for key, rows in found.items():
+        scenario = SCENARIOS[key]
+        parts.append(f"**{scenario.title}**: {scenario.stands_for}.\n\n"
+                     f"{table(rows, scenario.bursts)}")
+    taxed = tax_table(found)
+    if taxed:
+        parts.append("**Reconnect tax**: req/s in (b) and (c) over the contender's own in "
+                     "(a), paired by round.\n\n" + taxed)
+    return "\n\n".join(parts)
+
+
+def markdown(found: Mapping[str, Sequence[Mapping[str, Any]]],
+             verdicts: Sequence[Mapping[str, Any]], meta: Mapping[str, str],
+             raw: Mapping[str, Any] | None = None) -> str:
+    """``docs/bench.md``: what ran, where, the tables, the spread, the targets."""
+    raw = raw or {}
+    rounds = max((r["rounds"] for rows in found.values() for r in rows), default=0)
+    spread = "\n".join(
+        f"| {key} | {r['contender']} | {r['rps_min']:,.0f} | {r['rps_max']:,.0f} | "
+        f"{r['handshakes']} | {r['resumed']} | {r['errors']} |"
+        for key, rows in found.items() for r in rows)
+    bundle = meta.get("bundle", "n/a")
+    gaps = (f"{raw['gaps']} idle gaps of {raw['gap']:g} s per run, each then a 1 s burst, "
+            "after a 1 s warm-up burst" if raw.get("gaps") else "n/a")
+    calls = raw.get("callgrind")
+    counted = "not measured" if not calls else "; ".join(
+        f"{name} {value:,.0f}" for name, value in calls["per_request"].items()) + \
+        f"; ratio {calls['ratio']:.4f}x ({calls['calls']} requests each)"
     return f"""# Benchmark: calling an upstream from gunicorn
 
-Written by `{meta['command']}` on {meta['date']}; medians of {rounds} interleaved rounds.
+Written by `{meta['command']}` on {meta['date']}; medians of {rounds} interleaved rounds\
+{f" ({meta['wall']} in all)" if meta.get('wall') else ""}.
 
 - machine: {meta['machine']}
 - Python {meta['python']}, {meta['openssl']}; {meta['versions']}; nginx {meta['nginx']}, \
 wrk {meta['wrk']}
 - {meta['setup']}
+- trust: {bundle} (scenario a-ca: the test CA alone)
+- (d): {gaps}; bench/burst.py
 
-{table(rows)}
+{readme_block(found)}
 
-"vs bare urllib3" is the median over rounds of each round's ratio, so a slow stretch of the
-machine, which falls on every contender of that round, cancels. Handshakes are counted by
-the upstream (one per connection it accepted) over the whole run, gunicorn's start included;
-CPU is gunicorn's (master and workers) during the load.
+"vs bare urllib3" is the median over rounds of each round's ratio in the same scenario, so a
+slow stretch of the machine, which falls on every contender of that round, cancels.
+Handshakes are counted by the upstream (one per connection it accepted) over the whole run,
+gunicorn's start included, and "resumed" is the share of them nginx resumed
+(`$ssl_session_reused`). CPU is gunicorn's (master and workers) during the load; RSS is
+each worker's VmRSS just before it was stopped, averaged over the workers. For (d), "first
+after a gap" is each client's first request after each idle gap, pooled over the rounds
+(n of them).
 
-![req/s and p99 latency per contender](bench.png)
+![req/s per contender and scenario; (d): p99 of the first request after a gap](bench.png)
+
+## Instructions per request (callgrind)
+
+{counted}
 
 ## Spread and counts
 
-| contender | req/s min | req/s max | most handshakes in a run | resumed | errors |
-|---|---:|---:|---:|---:|---:|
+| scenario | contender | req/s min | req/s max | most handshakes in a run | resumed | errors |
+|---|---|---:|---:|---:|---:|---:|
 {spread}
 
-## Targets (issues 5 and 13)
+## Targets (issues 5, 13 and 16)
 
-{chr(10).join(target_lines(found))}
+{chr(10).join(target_lines(verdicts))}
 """
 
 
@@ -177,50 +337,78 @@ def replace_block(text: str, block: str) -> str:
     return text[:start + len(BLOCK_START)] + "\n" + block + "\n" + text[end:]
 
 
-def plot(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, str], path: Path) -> None:
-    """A PNG of req/s (bars at the median, lines from min to max) and p99 latency."""
+def plot(found: Mapping[str, Sequence[Mapping[str, Any]]], meta: Mapping[str, str],
+         path: Path) -> None:
+    """A PNG with one panel per scenario, side by side: req/s (bars at the median, lines
+    from min to max over rounds), or for (d) the p99 of the first request after a gap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["contender"] for r in rows]
-    rps = [r["rps"] for r in rows]
-    spread = [[r["rps"] - r["rps_min"] for r in rows], [r["rps_max"] - r["rps"] for r in rows]]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
-    y = range(len(rows))
-    colours = ["#4c72b0" if n.startswith("poolclient") else "#999999" for n in names]
-    left.barh(y, rps, xerr=spread, color=colours, capsize=3)
-    for i, r in enumerate(rows):
-        ratio = "" if r["ratio"] is None else f"  {r['ratio']:.2f}x"
-        left.text(r["rps_max"], i, f" {r['rps']:,.0f}{ratio}", va="center", fontsize=8)
-    left.set_yticks(list(y), names)
-    left.invert_yaxis()
-    left.set_xlabel("requests per second (median; line: min to max over rounds)")
-    left.set_xlim(0, max(r["rps_max"] for r in rows) * 1.3)
-    right.barh(y, [r["p99_ms"] for r in rows], color=colours)
-    for i, r in enumerate(rows):
-        per = r["handshakes_per_10k"]
-        note = "" if per is None else f"  {per:,.0f} handshakes/10k"
-        right.text(r["p99_ms"], i, f" {r['p99_ms']:.1f} ms{note}", va="center", fontsize=8)
-    right.set_xlabel("p99 latency, ms (median over rounds)")
-    right.set_xlim(0, max(r["p99_ms"] for r in rows) * 1.8)
-    fig.suptitle(f"{meta['setup']}\n{meta['machine']}; {meta['date']}", fontsize=9)
+    names = list(dict.fromkeys(r["contender"] for rows in found.values() for r in rows))
+    fig, axes = plt.subplots(1, len(found), figsize=(3.6 * len(found) + 3.2, 5.2),
+                             sharey=True, squeeze=False)
+    y = range(len(names))
+    for ax, (key, rows) in zip(axes[0], found.items(), strict=True):
+        scenario = SCENARIOS[key]
+        by_name = {r["contender"]: r for r in rows}
+        colours = ["#4c72b0" if n.startswith("poolclient") or n == OPENAI_POOLED
+                   else "#999999" for n in names]
+        if scenario.bursts:
+            values = [(by_name[n]["first_p99_ms"] or 0.0) if n in by_name else 0.0
+                      for n in names]
+            ax.barh(y, values, color=colours)
+            for i, v in enumerate(values):
+                if names[i] in by_name and v:
+                    ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
+            ax.set_xlabel("ms, p99 of the first request\nafter an idle gap (lower is better)",
+                          fontsize=8)
+            ax.set_xlim(0, max(values + [1.0]) * 1.45)
+        else:
+            values = [by_name[n]["rps"] if n in by_name else 0.0 for n in names]
+            low = [v - by_name[n]["rps_min"] if n in by_name else 0.0
+                   for n, v in zip(names, values, strict=True)]
+            high = [by_name[n]["rps_max"] - v if n in by_name else 0.0
+                    for n, v in zip(names, values, strict=True)]
+            ax.barh(y, values, xerr=[low, high], color=colours, capsize=2)
+            for i, n in enumerate(names):
+                if n in by_name:
+                    r = by_name[n]
+                    ratio = "" if r["ratio"] is None else f" {r['ratio']:.2f}x"
+                    ax.text(r["rps_max"], i, f" {r['rps']:,.0f}{ratio}", va="center",
+                            fontsize=7)
+            ax.set_xlabel("req/s (median; line: min to max)", fontsize=8)
+            ax.set_xlim(0, max(values + [1.0]) * 1.6)
+        ax.set_title(scenario.title.replace(": ", ":\n", 1) if len(scenario.title) > 40
+                     else scenario.title, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0][0].set_yticks(list(y), names, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"{meta['setup']}\n{meta['machine']}; {meta['date']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv: list[str]) -> int:
-    """Re-render the report from a ``bench.json`` into a folder."""
-    from bench.run import BASELINE
+def render(raw: Mapping[str, Any], baseline: str, out: Path, readme: Path | None) -> str:
+    """Write ``bench.md`` and ``bench.png`` into ``out`` and the README's block from a
+    ``bench.json``'s contents; answer the text for the console."""
+    found = groups(raw["runs"], baseline)
+    verdicts = targets(found, raw["workers"] * raw["threads"], raw.get("callgrind"))
+    (out / "bench.md").write_text(markdown(found, verdicts, raw["meta"], raw) + "\n")
+    plot(found, raw["meta"], out / "bench.png")
+    block = readme_block(found)
+    if readme is not None:
+        readme.write_text(replace_block(readme.read_text(), block))
+    return block + "\n\n" + "\n".join(target_lines(verdicts))
 
+
+def main(argv: list[str]) -> int:
+    """Re-render the report from a ``bench.json`` into a folder (and a README's block)."""
     source, out = Path(argv[0]), Path(argv[1])
-    raw = json.loads(source.read_text())
-    rows = summarize(raw["runs"], BASELINE)
-    found = targets(rows, raw["workers"] * raw["threads"], raw["duration"])
-    (out / "bench.md").write_text(markdown(rows, found, raw["meta"]) + "\n")
-    plot(rows, raw["meta"], out / "bench.png")
+    readme = Path(argv[2]) if len(argv) > 2 else None
+    print(render(json.loads(source.read_text()), BASELINE, out, readme))
     return 0
 
 

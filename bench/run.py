@@ -1,10 +1,15 @@
-"""``make bench``: every way of calling an upstream from gunicorn, under the same load.
+"""``make bench``: every way of calling an upstream from gunicorn, under the same load, against
+upstreams that behave as real ones do (issue 16, ``bench/scenarios.py``).
 
-One nginx TLS upstream with keep-alive on loopback (certificates made here, with trustme),
-one gunicorn per contender run with the same workers and threads, wrk for the load. The
-contenders (``bench/contenders.py``) run interleaved, each round in another order, so that
-a slow stretch of the machine falls on all of them; the report gives medians over rounds and,
-per round, ratios to bare urllib3.
+One nginx on loopback (certificates made here, with trustme) with one TLS server per
+upstream behaviour: keep-alive that never ends, that ends after 100 or 1,000 requests, that
+ends after 5 s idle. One gunicorn per contender run with the same workers and threads; wrk
+for the load, or ``bench/burst.py``'s bursts and idle gaps for scenario (d). Every scenario
+but ``a-ca`` verifies against the system bundle plus the test CA. The contenders
+(``bench/contenders.py``) and the scenarios run interleaved, each round in another order, so
+that a slow stretch of the machine falls on all of them; the report gives medians over
+rounds and, per round, ratios to bare urllib3 in the same scenario. Then ``bench/callgrind.py``
+counts instructions per request of bare urllib3 and ``.request()`` in one process.
 
 What each run measures, and where:
 
@@ -13,9 +18,12 @@ What each run measures, and where:
   the connection serial and the request's number on it), from gunicorn's start to its stop,
   so a worker's first connections count too;
 - CPU seconds per 1,000 requests: the gunicorn master and workers, from ``/proc``, over the
-  load only.
+  load only;
+- RSS per worker: ``VmRSS`` of each gunicorn worker just before it is stopped;
+- for (d), the latency of each client's first request after an idle gap (``bench/burst.py``).
 
-Usage: ``python -m bench.run [--rounds 5] [--duration 10] [--out docs]``.
+Usage: ``python -m bench.run [--rounds 5] [--duration 10] [--scenarios b,c,d,a,a-ca]
+[--only NAME] [--out docs] [--readme README.md] [--callgrind 2000]``.
 """
 
 from __future__ import annotations
@@ -37,10 +45,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from bench import nginx, report
+from bench import callgrind, nginx, report, scenarios
 from bench.nginx import Server
+from bench.scenarios import SCENARIOS, Scenario
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +69,9 @@ CONTENDERS = {
     "OpenAI client on poolclient's transport": ("openai_poolclient", True),
 }
 BASELINE = "bare urllib3 PoolManager"
+# What a run costs besides its load (gunicorn's start and stop, the counting), measured here:
+# for the estimate printed at the start.
+OVERHEAD_S = 3.0
 
 
 @dataclass
@@ -68,6 +80,7 @@ class Run:
 
     contender: str
     round: int
+    scenario: str
     requests: int
     seconds: float
     rps: float
@@ -78,6 +91,8 @@ class Run:
     handshakes: int
     resumed: int
     cpu_s: float
+    rss_kib: list[int]  # each worker's VmRSS just before it was stopped
+    first_ms: list[float] | None = None  # (d): each first request after an idle gap
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
@@ -103,32 +118,42 @@ def _answers(port: int) -> bool:
 
 @dataclass
 class Upstream:
-    """The nginx every contender calls, and its count of what they did."""
+    """The nginx every contender calls, one TLS server per upstream behaviour, and its
+    count of what they did."""
 
     directory: Path
-    server: Server
-    ca: str
+    servers: dict[str, Server]
+    ca: str  # the test CA alone
+    bundle: str  # the system bundle plus the test CA
     marks: int = 0
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.server.port}/"
+        """The ideal server's (keep-alive that never ends)."""
+        return self.url_for("ideal")
+
+    def url_for(self, server: str) -> str:
+        return f"https://127.0.0.1:{self.servers[server].port}/"
+
+    def ca_for(self, scenario: Scenario) -> str:
+        return self.bundle if scenario.bundle else self.ca
 
     def offset(self) -> int:
         log = self.directory / "access.log"
         return log.stat().st_size if log.exists() else 0
 
-    def counted_since(self, offset: int) -> tuple[int, int, int]:
-        """Requests, handshakes (connections) and resumed handshakes since ``offset``.
+    def counted_since(self, offset: int, server: str = "ideal") -> tuple[int, int, int]:
+        """Requests, handshakes (connections) and resumed handshakes on ``server`` since
+        ``offset``.
 
         nginx logs a request after answering it, so a client can be done before the
         last line is written; one more request, whose line comes after every earlier
         one's (one nginx worker, one event at a time), marks the end."""
         self.marks += 1
         mark = f"/mark/{self.marks}"
+        port = self.servers[server].port
         context = ssl.create_default_context(cafile=self.ca)
-        conn = http.client.HTTPSConnection("127.0.0.1", self.server.port, context=context,
-                                           timeout=5)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
         conn.request("GET", mark)
         conn.getresponse().read()
         conn.close()
@@ -138,16 +163,37 @@ class Upstream:
             return lines if any(line.uri == mark for line in lines) else []
 
         lines = wait_until(logged, 15, "nginx's access log")
-        calls = [line for line in lines if not line.uri.startswith("/mark/")]
+        calls = [line for line in lines
+                 if line.port == port and not line.uri.startswith("/mark/")]
         handshakes = [line for line in calls if line.number == 1]
         return len(calls), len(handshakes), sum(line.resumed for line in handshakes)
 
 
 @contextmanager
 def upstream(directory: Path) -> Iterator[Upstream]:
-    server = nginx.Server("upstream", "TLSv1.2 TLSv1.3")
-    with nginx.nginx(directory, [server]) as ca:
-        yield Upstream(directory, server, str(ca))
+    servers = scenarios.servers()
+    with nginx.nginx(directory, list(servers.values())) as ca:
+        bundle = scenarios.write_bundle(ca, directory / "bundle.pem")
+        yield Upstream(directory, servers, str(ca), str(bundle))
+
+
+def worker_rss(pid: int) -> list[int]:
+    """VmRSS in KiB of each child of ``pid`` (gunicorn's workers), by pid."""
+    try:
+        children = sorted(int(c) for c in
+                          Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        if match:
+            found.append(int(match.group(1)))
+    return found
 
 
 def cpu_seconds(pid: int) -> float:
@@ -193,13 +239,49 @@ def parse_wrk(output: str) -> dict[str, float]:
             "p50_ms": _ms(p50.group(1)), "p99_ms": _ms(p99.group(1)), "errors": errors}
 
 
-def run_one(name: str, round_: int, upstream: Upstream, duration: float, work: Path) -> Run:
+@dataclass(frozen=True)
+class Load:
+    """How long each run loads: wrk's ``duration``; (d)'s bursts and gaps."""
+
+    duration: float = 10.0
+    gaps: int = 2
+    gap: float = 6.0
+    burst: float = 1.0
+    warmup: float = 1.0
+
+    def seconds(self, scenario: Scenario) -> float:
+        if scenario.bursts:
+            return self.warmup + self.gaps * (self.gap + self.burst)
+        return self.duration
+
+
+def _load(scenario: Scenario, load: Load, port: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/"
+    if scenario.bursts:
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.burst", url, "--clients", str(CLIENTS),
+             "--gaps", str(load.gaps), "--gap", f"{load.gap:g}", "--burst", f"{load.burst:g}",
+             "--warmup", f"{load.warmup:g}"], capture_output=True, text=True, check=True,
+            cwd=ROOT)
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+    wrk = subprocess.run(["wrk", "-t2", f"-c{CLIENTS}", f"-d{load.duration:g}s", "--latency",
+                          url], capture_output=True, text=True, check=True)
+    return dict(parse_wrk(wrk.stdout))
+
+
+def run_one(name: str, round_: int, upstream: Upstream, load: Load | float, work: Path,
+            scenario: Scenario | None = None) -> Run:
+    if not isinstance(load, Load):
+        load = Load(duration=load)
+    scenario = scenario or SCENARIOS["a-ca"]
     app, hooked = CONTENDERS[name]
     port = nginx.free_port()
-    env = {**os.environ, "BENCH_UPSTREAM": upstream.url, "BENCH_CA": upstream.ca,
+    ca = upstream.ca_for(scenario)
+    env = {**os.environ, "BENCH_UPSTREAM": upstream.url_for(scenario.server), "BENCH_CA": ca,
            "BENCH_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(WORKERS),
            "GUNICORN_THREADS": str(THREADS), "BENCH_ERRORLOG": str(work / "gunicorn.log"),
-           "POOLCLIENT_CA_BUNDLE": upstream.ca, "PYTHONPATH": str(ROOT)}
+           "POOLCLIENT_CA_BUNDLE": ca, "PYTHONPATH": str(ROOT)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # poolclient's hooks make their own
     if hooked:
         env["BENCH_HOOKS"] = "poolclient"
@@ -216,20 +298,38 @@ def run_one(name: str, round_: int, upstream: Upstream, duration: float, work: P
         wait_until(lambda: len(Path(f"/proc/{server.pid}/task/{server.pid}/children")
                                .read_text().split()) == WORKERS, 30, "gunicorn's workers")
         cpu_before = cpu_seconds(server.pid)
-        wrk = subprocess.run(["wrk", "-t2", f"-c{CLIENTS}", f"-d{duration:g}s", "--latency",
-                              f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                             check=True)
+        result = _load(scenario, load, port)
         cpu = cpu_seconds(server.pid) - cpu_before
+        rss = worker_rss(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    load = parse_wrk(wrk.stdout)
-    upstream_requests, handshakes, resumed = upstream.counted_since(offset)
-    return Run(contender=name, round=round_, requests=int(load["requests"]),
-               seconds=load["seconds"], rps=load["rps"], p50_ms=load["p50_ms"],
-               p99_ms=load["p99_ms"], errors=int(load["errors"]),
-               upstream_requests=upstream_requests, handshakes=handshakes, resumed=resumed,
-               cpu_s=round(cpu, 3))
+    upstream_requests, handshakes, resumed = upstream.counted_since(offset, scenario.server)
+    return Run(contender=name, round=round_, scenario=scenario.key,
+               requests=int(result["requests"]), seconds=result["seconds"],
+               rps=result["rps"], p50_ms=result["p50_ms"], p99_ms=result["p99_ms"],
+               errors=int(result["errors"]), upstream_requests=upstream_requests,
+               handshakes=handshakes, resumed=resumed, cpu_s=round(cpu, 3), rss_kib=rss,
+               first_ms=result.get("first_ms"))
+
+
+STATIC = "static (no upstream)"
+
+
+def contenders_in(key: str, names: list[str], keys: list[str]) -> list[str]:
+    """The contenders run in scenario ``key``: all of ``names``, but the static app (it
+    calls no upstream, so every scenario would measure the same) only in (a), or in the
+    first scenario when (a) is not run."""
+    home = "a" if "a" in keys else keys[0]
+    return [n for n in names if n != STATIC or key == home]
+
+
+def estimate(names: list[str], keys: list[str], rounds: int, load: Load,
+             callgrind_calls: int) -> float:
+    """Seconds the whole run should take here."""
+    per_round = sum((load.seconds(SCENARIOS[k]) + OVERHEAD_S) * len(contenders_in(k, names, keys))
+                    for k in keys)
+    return rounds * per_round + callgrind.estimate(callgrind_calls)
 
 
 def round_order(names: list[str], round_: int) -> list[str]:
@@ -259,14 +359,24 @@ def machine(command: str) -> dict[str, str]:
         "nginx": nginx.version().split("/", 1)[-1],
         "wrk": wrk.split("[", 1)[0].strip().split(" ", 1)[-1],
         "setup": f"gunicorn gthread, {WORKERS} workers x {THREADS} threads; wrk 2 threads, "
-                 f"{CLIENTS} connections; nginx TLS upstream with keep-alive, 1 worker",
+                 f"{CLIENTS} connections (bursts: {CLIENTS} clients); nginx TLS upstream, "
+                 f"1 worker",
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds of wrk's load per run")
+    parser.add_argument("--scenarios", default="all",
+                        help=f"comma-separated, from {','.join(SCENARIOS)} (default all)")
+    parser.add_argument("--gaps", type=int, default=2, help="(d): idle gaps per run")
+    parser.add_argument("--gap", type=float, default=6.0,
+                        help="(d): seconds of each idle gap (the upstream's keep-alive "
+                             "timeout is 5 s)")
+    parser.add_argument("--callgrind", type=int, default=2000, metavar="CALLS",
+                        help="requests per contender under valgrind's callgrind (0: none)")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where the report goes")
     parser.add_argument("--readme", default=str(ROOT / "README.md"),
                         help="README whose benchmark block is replaced ('' for none)")
@@ -274,37 +384,57 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = args.only or list(CONTENDERS)
     unknown = [n for n in names if n not in CONTENDERS]
-    if unknown or args.rounds < 1 or args.duration <= 0:
+    try:
+        keys = scenarios.parse(args.scenarios)
+    except ValueError as e:
+        parser.error(str(e))
+    if unknown or args.rounds < 1 or args.duration <= 0 or args.gaps < 1:
         parser.error(f"unknown contender {unknown}; choose from {list(CONTENDERS)}" if unknown
-                     else "--rounds and --duration must be positive")
+                     else "--rounds, --duration and --gaps must be positive")
+    if args.gap <= 5:
+        parser.error("--gap must be longer than the upstream's keep-alive timeout, 5 s")
+    load = Load(duration=args.duration, gaps=args.gaps, gap=args.gap)
+    calls = args.callgrind if callgrind.available() else 0
+    if args.callgrind and not calls:
+        print("bench: valgrind not found: no instruction counts", file=sys.stderr)
     command = os.environ.get("BENCH_COMMAND") or "python -m bench.run " + " ".join(
         sys.argv[1:] if argv is None else argv)
+    seconds = estimate(names, keys, args.rounds, load, calls)
+    print(f"bench: {len(names)} contenders x {len(keys)} scenarios ({','.join(keys)}) x "
+          f"{args.rounds} rounds, {args.duration:g} s each ((d): "
+          f"{load.seconds(SCENARIOS['d']):g} s); estimate {seconds / 60:.0f} min", flush=True)
+    started = time.monotonic()
     runs: list[Run] = []
+    counts: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="poolclient-bench-") as tmp:
         work = Path(tmp)
         with upstream(work) as nginx_upstream:
             for round_ in range(args.rounds):
-                for name in round_order(names, round_):
-                    run = run_one(name, round_, nginx_upstream, args.duration, work)
-                    runs.append(run)
-                    print(f"round {round_ + 1}/{args.rounds}  {name:36} {run.rps:9.1f} req/s  "
-                          f"p99 {run.p99_ms:7.2f} ms  handshakes {run.handshakes:5}  "
-                          f"errors {run.errors}", flush=True)
+                for key in round_order(keys, round_):
+                    for name in round_order(contenders_in(key, names, keys), round_):
+                        run = run_one(name, round_, nginx_upstream, load, work, SCENARIOS[key])
+                        runs.append(run)
+                        print(f"round {round_ + 1}/{args.rounds} {key:4} {name:42} "
+                              f"{run.rps:8.1f} req/s  p99 {run.p99_ms:7.2f} ms  "
+                              f"handshakes {run.handshakes:5} ({run.resumed} resumed)  "
+                              f"errors {run.errors}", flush=True)
+            if calls:
+                counts = callgrind.compare(nginx_upstream, calls, work)
+                print(callgrind.summary(counts), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = machine(command)
-    raw = {"meta": meta, "runs": [asdict(r) for r in runs],
-           "workers": WORKERS, "threads": THREADS, "duration": args.duration}
+    meta["bundle"] = (f"{scenarios.system_bundle()} "
+                      f"({scenarios.certificates(scenarios.system_bundle())} certificates) "
+                      f"plus the test CA")
+    meta["wall"] = f"{(time.monotonic() - started) / 60:.1f} min"
+    raw = {"meta": meta, "runs": [asdict(r) for r in runs], "workers": WORKERS,
+           "threads": THREADS, "duration": args.duration, "gaps": args.gaps, "gap": args.gap,
+           "clients": CLIENTS, "scenarios": {k: asdict(SCENARIOS[k]) for k in keys},
+           "callgrind": counts}
     (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
-    rows = report.summarize(raw["runs"], BASELINE)
-    targets = report.targets(rows, WORKERS * THREADS, args.duration)
-    (out / "bench.md").write_text(report.markdown(rows, targets, meta) + "\n")
-    report.plot(rows, meta, out / "bench.png")
-    if args.readme:
-        readme = Path(args.readme)
-        readme.write_text(report.replace_block(readme.read_text(), report.table(rows)))
-    print(report.table(rows))
-    print("\n".join(report.target_lines(targets)))
+    rendered = report.render(raw, BASELINE, out, Path(args.readme) if args.readme else None)
+    print(rendered)
     failed = [r for r in runs if r.errors]
     if failed:
         print(f"bench: {len(failed)} runs had errors", file=sys.stderr)

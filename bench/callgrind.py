@@ -1,0 +1,168 @@
+"""Instructions per request of bare urllib3 and poolclient's ``.request()``, counted by
+valgrind's callgrind: the steadier figure of issue 16's no-regression bar (at most 1.02x).
+
+Each contender app of ``bench/contenders.py`` (``.request()`` wrapped in the middleware, with
+multiprocess metrics on, as under gunicorn's hooks; the pools sized to 4, as for a gthread
+worker) runs in its own process under ``valgrind --tool=callgrind --instr-atstart=no``,
+calling the ideal nginx upstream (keep-alive that never ends, the system bundle plus the
+test CA) from one thread. Imports and a warm-up run uninstrumented; ``callgrind_control -i
+on`` then counts exactly the ``calls`` requests that follow, and ``-i off`` stops before the
+process ends. Counts vary by well under 1 % run to run (the network's timing changes which
+branches run).
+
+    python -m bench.callgrind [--calls 2000]      # starts its own nginx
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.run import Upstream
+
+# name in the report: (app in bench/contenders.py, wrapped in poolclient's middleware)
+MEASURED = {
+    "bare urllib3 PoolManager": ("bare_urllib3", False),
+    "poolclient .request()": ("poolclient_request", True),
+}
+BASELINE, REQUEST = "bare urllib3 PoolManager", "poolclient .request()"
+WARMUP = 200
+# Seconds per process here besides its calls (valgrind's start, imports, the warm-up),
+# and per instrumented call: for bench.run's estimate.
+START_S, PER_CALL_S = 25.0, 0.012
+
+
+def available() -> bool:
+    return bool(shutil.which("valgrind") and shutil.which("callgrind_control"))
+
+
+def estimate(calls: int) -> float:
+    return len(MEASURED) * (START_S + calls * PER_CALL_S) if calls else 0.0
+
+
+def totals(text: str) -> int:
+    """The instruction count of a callgrind output file: its ``totals:`` line (``summary:``
+    counts only what was collected before the last dump, 0 with instrumentation toggled)."""
+    found = [int(m.group(1)) for m in re.finditer(r"^(?:totals|summary):\s+(\d+)", text, re.M)]
+    if not found or not max(found):
+        raise SystemExit("bench: no instructions counted in callgrind's output")
+    return max(found)
+
+
+def _wait_line(proc: subprocess.Popen[str], expected: str, timeout: float) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline().strip()
+    if line != expected or time.monotonic() > deadline:
+        proc.kill()
+        raise SystemExit(f"bench: callgrind child said {line!r}, not {expected!r}")
+
+
+def _control(pid: int, switch: str) -> None:
+    subprocess.run(["callgrind_control", "-i", switch, str(pid)], check=True,
+                   capture_output=True, timeout=60)
+
+
+def count(name: str, upstream: Upstream, calls: int, work: Path) -> int:
+    """Instructions of ``calls`` requests of contender ``name``, in its own process."""
+    attr = MEASURED[name][0]
+    out = work / f"callgrind.{attr}.out"
+    go, end = work / f"go.{attr}", work / f"end.{attr}"
+    metrics = work / f"metrics.{attr}"
+    metrics.mkdir(exist_ok=True)
+    env = {**os.environ, "BENCH_UPSTREAM": upstream.url, "BENCH_CA": upstream.bundle,
+           "POOLCLIENT_CA_BUNDLE": upstream.bundle, "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+         sys.executable, "-m", "bench.callgrind", "--child", name, "--calls", str(calls),
+         "--go", str(go), "--end", str(end)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        _wait_line(proc, "ready", 300)
+        _control(proc.pid, "on")
+        go.touch()
+        _wait_line(proc, "done", 600)
+        _control(proc.pid, "off")
+        end.touch()
+        if proc.wait(120) != 0:
+            raise SystemExit(f"bench: the callgrind run of {name} failed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return totals(out.read_text())
+
+
+def compare(upstream: Upstream, calls: int, work: Path) -> dict[str, Any]:
+    """Instructions per request of each measured contender, and ``.request()``'s ratio."""
+    per = {name: count(name, upstream, calls, work) / calls for name in MEASURED}
+    return {"calls": calls, "per_request": per, "ratio": per[REQUEST] / per[BASELINE]}
+
+
+def summary(found: dict[str, Any]) -> str:
+    lines = [f"callgrind, instructions per request ({found['calls']} requests, one thread):"]
+    for name, value in found["per_request"].items():
+        lines.append(f"  {name:28} {value:12,.0f}")
+    lines.append(f"  .request() / bare urllib3: {found['ratio']:.4f}x")
+    return "\n".join(lines)
+
+
+def _child(name: str, calls: int, go: Path, end: Path) -> int:
+    import poolclient
+    from bench import contenders  # reads the upstream from the environment
+    from bench.profile import _environ, _start_response
+
+    attr, hooked = MEASURED[name]
+    poolclient.configure(default_maxsize=4)
+    app = getattr(contenders, attr)
+    if hooked:
+        app = poolclient.PoolClientMiddleware(app)
+
+    def call() -> None:
+        for chunk in app(_environ(), _start_response):
+            assert chunk
+
+    for _ in range(WARMUP):
+        call()
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.005)
+    for _ in range(calls):
+        call()
+    print("done", flush=True)
+    while not end.exists():
+        time.sleep(0.005)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--go", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--end", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.child, args.calls, args.go, args.end)
+    if not available():
+        raise SystemExit("bench: valgrind (with callgrind_control) is not installed")
+    from bench.run import upstream as nginx_upstream
+
+    with tempfile.TemporaryDirectory(prefix="poolclient-callgrind-") as tmp:
+        with nginx_upstream(Path(tmp)) as upstream:
+            print(summary(compare(upstream, args.calls, Path(tmp))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
