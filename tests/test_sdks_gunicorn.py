@@ -4,9 +4,19 @@ the fork. The upstream counts the connections and which process wrote on each.""
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from tests.helpers import Upstream, health_by_worker, load, wait_for
+import pytest
+import urllib3
+
+from tests.helpers import (
+    Upstream,
+    health_by_worker,
+    load,
+    refused_url,
+    start_upstream,
+    wait_for,
+)
 
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
@@ -14,12 +24,22 @@ pytest.importorskip("anthropic")
 PATHS = ("/openai", "/openai-stream", "/anthropic", "/anthropic-stream")
 
 
-def test_sdk_clients_built_at_import_under_preload(gunicorn, upstream: Upstream):
+@pytest.fixture
+def stalling(upstream: Upstream):
+    """A second upstream signed by the same CA, for the call that stalls: it holds its side
+    of the connection open for 30 s, so this test's upstream can be seen to close all."""
+    server = start_upstream(upstream.directory)
+    yield server
+    server.stop()
+
+
+def test_sdk_clients_built_at_import_under_preload(gunicorn, upstream: Upstream,
+                                                  stalling: Upstream):
     """16 clients, 1,200 calls, plain and streamed: no errors, at most workers x threads
     connections, none written by two processes, the master's closed before the fork."""
     workers, threads = 2, 4
     env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
-           "MASTER_CALLS": "1"}
+           "MASTER_CALLS": "1", "REFUSED_URL": refused_url(), "STALL_URL": stalling.url}
     server = gunicorn(["-w", str(workers), "--threads", str(threads), "-k", "gthread",
                        "--preload", "tests.apps.sdk_app:app"], env)
     worker_pids = server.worker_pids()
@@ -41,5 +61,14 @@ def test_sdk_clients_built_at_import_under_preload(gunicorn, upstream: Upstream)
     assert sum(t["requests"] for t in totals) == 1200
     assert sum(t["connections_opened"] for t in totals) == len(in_workers)
     assert all(t["errors"] == t["unread"] == t["streaming"] == 0 for t in totals)
+
+    # A stalled upstream and a refused one: the SDK's own errors, answered 502, and the
+    # workers that made those calls are still the same processes.
+    with urllib3.PoolManager(retries=False) as http:
+        for path, error in (("/openai-stalled", "APITimeoutError"),
+                            ("/openai-refused", "APIConnectionError")):
+            r = http.request("GET", server.url + path, timeout=30)
+            assert (r.status, json.loads(r.data)["error"]) == (502, error)
+    assert server.worker_pids() == worker_pids
     server.stop()
     wait_for(lambda: upstream.stats()["open"] == 0, 10, "upstream connections to close")

@@ -4,6 +4,8 @@ fork, as a module-level client usually is.
 
 - ``GET /openai``, ``/openai-stream``, ``/anthropic``, ``/anthropic-stream``: one call each,
   stamped with the calling process's pid (``X-Client-Pid``), answering the text;
+- ``GET /openai-stalled``, ``/openai-refused``: one call to an upstream that never answers
+  (read timeout 0.5 s) or refuses, answering 502 with the SDK's error class;
 - ``MASTER_CALLS=N``: N plain OpenAI calls at import (in the master under ``--preload``).
 """
 
@@ -24,6 +26,11 @@ gpt = openai.OpenAI(base_url=UPSTREAM + "/v1", api_key="test", max_retries=0,
                     http_client=httpx2.Client(transport=transport))
 claude = anthropic.Anthropic(base_url=UPSTREAM, api_key="test", max_retries=0,
                              http_client=httpx2.Client(transport=transport))
+failing = {
+    "/openai-stalled": gpt.with_options(
+        base_url=os.environ.get("STALL_URL", UPSTREAM) + "/stall/v1", timeout=0.5),
+    "/openai-refused": gpt.with_options(base_url=os.environ.get("REFUSED_URL", "") + "/v1"),
+}
 
 
 def _pid() -> dict[str, str]:
@@ -31,6 +38,9 @@ def _pid() -> dict[str, str]:
 
 
 def call(path: str) -> str:
+    if path in failing:
+        failing[path].chat.completions.create(model="m", messages=MESSAGES)
+        return ""
     if path == "/openai":
         done = gpt.chat.completions.create(model="m", messages=MESSAGES, extra_headers=_pid())
         return done.choices[0].message.content or ""
