@@ -256,3 +256,29 @@ def health_by_worker(server: Gunicorn, workers: set[int]) -> dict[int, dict]:
 
     wait_for(all_seen, 20, "every worker to answer /health")
     return {pid: found[pid] for pid in workers}
+
+
+def assert_workers_own_connections(server: Gunicorn, upstream: Upstream, workers: set[int],
+                                   requests: int, master_requests: int = 1,
+                                   bound: int = 8) -> dict[int, dict]:
+    """After a load on a ``--preload``'ed app whose master made ``master_requests`` calls at
+    import, what the upstream and the workers say: no connection written by two processes,
+    the master's on one connection closed before the fork, at most ``bound`` carrying the
+    workers' ``requests``, and ``/health`` summed over the workers equal to that (no
+    errors, nothing unread, streaming or in use, nothing inherited). Their /health."""
+    conns = upstream.stats()["connections"]
+    assert all(len(c["pids"]) == 1 for c in conns), "a connection was written by two processes"
+    master = [c for c in conns if c["pids"] == [str(server.proc.pid)]]
+    assert [c["requests"] for c in master] == [master_requests] and not master[0]["open"]
+    in_workers = [c for c in conns if c not in master]
+    assert {int(c["pids"][0]) for c in in_workers} <= workers
+    assert 1 <= len(in_workers) <= bound
+    assert sum(c["requests"] for c in in_workers) == requests
+    health = health_by_worker(server, workers)
+    totals = [h["totals"] for h in health.values()]
+    assert sum(t["requests"] for t in totals) == requests
+    assert sum(t["connections_opened"] for t in totals) == len(in_workers)
+    assert all(t["errors"] == t["unread"] == t["streaming"] == t["in_use"] == 0
+               for t in totals)
+    assert all(h["inherited_connections"] == [] for h in health.values())
+    return health

@@ -17,7 +17,7 @@ from poolclient import Registry, Settings  # noqa: E402
 from poolclient.integrations.elastic import PooledNode  # noqa: E402
 from tests.helpers import (  # noqa: E402
     Upstream,
-    health_by_worker,
+    assert_workers_own_connections,
     load,
     other_ca_file,
     refused_url,
@@ -190,20 +190,7 @@ def _run_under_gunicorn(gunicorn, upstream: Upstream, paths: tuple[str, ...],
     outcomes = load(server.url, clients=16, seconds=120, paths=paths, requests=requests)
     assert outcomes == {200: requests}, outcomes
 
-    conns = upstream.stats()["connections"]
-    assert all(len(c["pids"]) == 1 for c in conns), "a connection was written by two processes"
-    master = [c for c in conns if c["pids"] == [str(server.proc.pid)]]
-    assert [c["requests"] for c in master] == [1] and not master[0]["open"]
-    in_workers = [c for c in conns if c not in master]
-    assert {int(c["pids"][0]) for c in in_workers} <= worker_pids
-    assert len(in_workers) <= workers * threads
-    assert sum(c["requests"] for c in in_workers) == requests
-
-    health = health_by_worker(server, worker_pids)
-    totals = [h["totals"] for h in health.values()]
-    assert sum(t["requests"] for t in totals) == requests
-    assert sum(t["connections_opened"] for t in totals) == len(in_workers)
-    assert all(t["errors"] == t["unread"] == t["streaming"] == 0 for t in totals)
-    assert all(h["inherited_connections"] == [] for h in health.values())  # none to warn of
+    assert_workers_own_connections(server, upstream, worker_pids, requests,
+                                   bound=workers * threads)
     server.stop()
     wait_for(lambda: upstream.stats()["open"] == 0, 10, "upstream connections to close")

@@ -25,7 +25,13 @@ from kubernetes import config as k8s_config  # noqa: E402
 from kubernetes import watch as k8s_watch  # noqa: E402
 
 from poolclient import Registry, Settings  # noqa: E402
-from tests.helpers import Upstream, health_by_worker, load, other_ca_file, wait_for  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    Upstream,
+    assert_workers_own_connections,
+    load,
+    other_ca_file,
+    wait_for,
+)
 
 TOKEN = "test-token"
 
@@ -252,19 +258,7 @@ def test_clients_built_at_import_under_preload(gunicorn, upstream: Upstream):
     outcomes = load(server.url, clients=8, seconds=120, paths=PATHS, requests=400)
     assert outcomes == {200: 400}, outcomes
 
-    conns = upstream.stats()["connections"]
-    assert all(len(c["pids"]) == 1 for c in conns), "a connection was written by two processes"
-    master = [c for c in conns if c["pids"] == [str(server.proc.pid)]]
-    assert [c["requests"] for c in master] == [1] and not master[0]["open"]
-    in_workers = [c for c in conns if c not in master]
-    assert {int(c["pids"][0]) for c in in_workers} <= worker_pids
-    assert len(in_workers) <= workers * threads
-    assert sum(c["requests"] for c in in_workers) == 400
-
-    health = health_by_worker(server, worker_pids)
-    totals = [h["totals"] for h in health.values()]
-    assert sum(t["requests"] for t in totals) == 400
-    assert sum(t["connections_opened"] for t in totals) == len(in_workers)
-    assert all(t["errors"] == t["unread"] == t["in_use"] == 0 for t in totals)
+    assert_workers_own_connections(server, upstream, worker_pids, 400,
+                                   bound=workers * threads)
     server.stop()
     wait_for(lambda: upstream.stats()["open"] == 0, 10, "upstream connections to close")

@@ -11,7 +11,7 @@ import urllib3
 
 from tests.helpers import (
     Upstream,
-    health_by_worker,
+    assert_workers_own_connections,
     load,
     refused_url,
     start_upstream,
@@ -47,20 +47,8 @@ def test_sdk_clients_built_at_import_under_preload(gunicorn, upstream: Upstream,
     outcomes = load(server.url, clients=16, seconds=120, paths=PATHS, requests=1200)
     assert outcomes == {200: 1200}, outcomes
 
-    conns = upstream.stats()["connections"]
-    assert all(len(c["pids"]) == 1 for c in conns), "a connection was written by two processes"
-    master = [c for c in conns if c["pids"] == [str(server.proc.pid)]]
-    assert [c["requests"] for c in master] == [1] and not master[0]["open"]
-    in_workers = [c for c in conns if c not in master]
-    assert {int(c["pids"][0]) for c in in_workers} <= worker_pids
-    assert len(in_workers) <= workers * threads
-    assert sum(c["requests"] for c in in_workers) == 1200
-
-    health = health_by_worker(server, worker_pids)
-    totals = [h["totals"] for h in health.values()]
-    assert sum(t["requests"] for t in totals) == 1200
-    assert sum(t["connections_opened"] for t in totals) == len(in_workers)
-    assert all(t["errors"] == t["unread"] == t["streaming"] == 0 for t in totals)
+    assert_workers_own_connections(server, upstream, worker_pids, 1200,
+                                   bound=workers * threads)
 
     # A stalled upstream and a refused one: the SDK's own errors, answered 502, and the
     # workers that made those calls are still the same processes.
