@@ -1,6 +1,6 @@
 """The Elasticsearch SDK (elasticsearch 9, elastic-transport 9), unchanged, on
 ``poolclient.integrations.elastic.PooledNode``, against the real TLS upstream answering the
-few endpoints the tests call as Elasticsearch does (``app/stubs/elastic.py``). In process,
+few endpoints the tests call as Elasticsearch does (``app/stubs/search.py``). In process,
 then under real gunicorn ``--preload`` (``tests/apps/sdk_search_app.py``)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The OpenSearch SDK (opensearch-py 3), unchanged, on
 ``poolclient.integrations.opensearch.PooledConnection``, against the real TLS upstream
-answering the few endpoints the tests call as OpenSearch does (``app/stubs/opensearch.py``).
+answering the few endpoints the tests call as OpenSearch does (``app/stubs/search.py``).
 In process, then under real gunicorn ``--preload`` (``tests/apps/sdk_search_app.py``)."""
 
 from __future__ import annotations
