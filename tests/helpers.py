@@ -282,3 +282,31 @@ def assert_workers_own_connections(server: Gunicorn, upstream: Upstream, workers
                for t in totals)
     assert all(h["inherited_connections"] == [] for h in health.values())
     return health
+
+
+def assert_calls_bounded(upstream: Upstream, registry: Any, gate: str,
+                         call: Callable[[], object], expected: object) -> None:
+    """Six ``call()``s at once through ``registry`` (maxsize 4), each held at the upstream's
+    ``gate``: four reach the upstream, two wait for a connection; once the gate opens, all
+    six answer ``expected``, over four connections."""
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            results.append(call())
+        except Exception as exc:  # noqa: BLE001 - a failure is a counted outcome
+            results.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: upstream.stats()["requests"] == 4, what="four calls at the gate")
+    wait_for(lambda: registry.stats().totals()["waits"] == 2, what="two callers waiting")
+    assert registry.stats().totals()["in_use"] == 4
+    assert upstream.stats()["requests"] == 4  # the other two are still waiting
+    upstream.open_gate(gate)
+    for t in threads:
+        t.join()
+    assert results == [expected] * 6
+    assert len(upstream.stats()["connections"]) == 4
+    assert registry.stats().pools[0].maxsize == 4

@@ -6,7 +6,6 @@ then under real gunicorn ``--preload`` (``tests/apps/sdk_search_app.py``)."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ from poolclient import Registry, Settings  # noqa: E402
 from poolclient.integrations.elastic import PooledNode  # noqa: E402
 from tests.helpers import (  # noqa: E402
     Upstream,
+    assert_calls_bounded,
     assert_workers_own_connections,
     load,
     other_ca_file,
@@ -140,27 +140,8 @@ def test_the_registrys_bound_is_the_bound(upstream: Upstream, own_registry):
     registry = own_registry(ca_bundle=upstream.ca, maxsize=4, pool_timeout=20)
     es = make(upstream.url, registry, "/elastic/gate/bound", ca_certs=upstream.ca,
               max_retries=0, request_timeout=25)
-    results: list[object] = []
-
-    def call() -> None:
-        try:
-            results.append(es.info()["tagline"])
-        except Exception as exc:  # noqa: BLE001 - a failure is a counted outcome
-            results.append(exc)
-
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: upstream.stats()["requests"] == 4, what="four calls at the gate")
-    wait_for(lambda: registry.stats().totals()["waits"] == 2, what="two callers waiting")
-    assert registry.stats().totals()["in_use"] == 4
-    assert upstream.stats()["requests"] == 4  # the other two are still waiting
-    upstream.open_gate("bound")
-    for t in threads:
-        t.join()
-    assert results == ["You Know, for Search"] * 6
-    assert len(upstream.stats()["connections"]) == 4
-    assert registry.stats().pools[0].maxsize == 4
+    assert_calls_bounded(upstream, registry, "bound", lambda: es.info()["tagline"],
+                         "You Know, for Search")
 
 
 def test_request_timeout_is_the_sdks(upstream: Upstream, own_registry):

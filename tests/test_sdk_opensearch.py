@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import ssl
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +16,12 @@ opensearchpy = pytest.importorskip("opensearchpy")
 
 from poolclient import Registry, Settings  # noqa: E402
 from poolclient.integrations.opensearch import PooledConnection  # noqa: E402
-from tests.helpers import Upstream, other_ca_file, refused_url, wait_for  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    Upstream,
+    assert_calls_bounded,
+    other_ca_file,
+    refused_url,
+)
 from tests.test_sdk_elastic import _run_under_gunicorn  # noqa: E402
 
 PID = {"X-Client-Pid": str(os.getpid())}
@@ -129,27 +133,8 @@ def test_the_registrys_bound_is_the_bound(upstream: Upstream, own_registry):
     registry = own_registry(ca_bundle=upstream.ca, maxsize=4, pool_timeout=20)
     client = make(upstream.url, registry, "/opensearch/gate/bound", ca_certs=upstream.ca,
                   max_retries=0, timeout=25)
-    results: list[object] = []
-
-    def call() -> None:
-        try:
-            results.append(client.info()["version"]["distribution"])
-        except Exception as exc:  # noqa: BLE001 - a failure is a counted outcome
-            results.append(exc)
-
-    threads = [threading.Thread(target=call) for _ in range(6)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: upstream.stats()["requests"] == 4, what="four calls at the gate")
-    wait_for(lambda: registry.stats().totals()["waits"] == 2, what="two callers waiting")
-    assert registry.stats().totals()["in_use"] == 4
-    assert upstream.stats()["requests"] == 4  # the other two are still waiting
-    upstream.open_gate("bound")
-    for t in threads:
-        t.join()
-    assert results == ["opensearch"] * 6
-    assert len(upstream.stats()["connections"]) == 4
-    assert registry.stats().pools[0].maxsize == 4
+    assert_calls_bounded(upstream, registry, "bound",
+                         lambda: client.info()["version"]["distribution"], "opensearch")
 
 
 def test_timeout_is_the_sdks(upstream: Upstream, own_registry):
