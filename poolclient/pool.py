@@ -33,7 +33,6 @@ from urllib3.exceptions import (
     SSLError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
-from urllib3.response import HTTPResponse
 
 from . import metrics, retry
 from .errors import PoolClientError
@@ -41,7 +40,7 @@ from .stats import PoolSnapshot, PoolStats
 from .tls import HTTP11Connection, ResumingConnection, ResumingPool
 
 if TYPE_CHECKING:
-    from urllib3.response import BaseHTTPResponse
+    from urllib3.response import BaseHTTPResponse, HTTPResponse
 
 # One structured DEBUG line per connection event: opened (with its handshake time), reused,
 # expired, retired, discarded, dropped (closed by the upstream while idle), retried.
@@ -394,37 +393,11 @@ class CountedPool(_PoolBase):
         if conn is not None and not getattr(conn, "streaming", False):  # (a retry's too)
             conn.streaming = True
             self.stats.streamed()
-            if type(response) is HTTPResponse:
-                response.__class__ = _ReleasingResponse
         return response
 
     def snapshot(self) -> PoolSnapshot:
         """This pool's counters now; ``idle`` is read from the queue itself."""
         return self.stats.snapshot(str(self.scheme), self.host, int(self.port or 0))
-
-
-class _ReleasingResponse(HTTPResponse):
-    """urllib3's response to a streamed request, whose ``close()`` also gives its
-    connection back (:meth:`CountedPool.release_unread`).
-
-    urllib3's closes the connection and leaves it checked out until ``release_conn()``,
-    which callers that close a half-read body (``.request(preload_content=False)``, an
-    SDK's streaming body) do not call: with a blocking pool each such close would take one
-    connection from the pool for good, until every caller waited ``POOLCLIENT_POOL_TIMEOUT``.
-    """
-
-    _releasing = False
-
-    def close(self) -> None:
-        pool = self._pool
-        if self._connection is not None and isinstance(pool, CountedPool) and \
-                not self._releasing:
-            self._releasing = True  # release_unread closes it: that close is urllib3's
-            try:
-                pool.release_unread(self)
-            finally:
-                self._releasing = False
-        super().close()
 
 
 class CountedHTTPConnectionPool(CountedPool, HTTPConnectionPool):

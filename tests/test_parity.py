@@ -145,21 +145,3 @@ def test_a_pickled_session_works_on_the_unpickling_processs_pools(upstream: Upst
     totals = poolclient.get_registry().stats().totals()
     assert (totals["requests"], totals["connections_opened"]) == (2, 1)
     poolclient.get_registry().close()
-
-
-def test_a_streamed_response_closed_half_read_gives_its_connection_back(upstream):
-    """urllib3's close() of a half-read body closes the connection and keeps it checked out
-    until release_conn(), which such callers do not call: with a blocking pool of one, the
-    next request would wait for ever (here, its pool timeout). poolclient's gives it back,
-    closed and counted as unread."""
-    registry = Registry(Settings(ca_bundle=upstream.ca, maxsize=1, pool_timeout=1))
-    try:
-        for _ in range(3):
-            r = registry.request("GET", upstream.url + "/reset", preload_content=False)
-            r.read(5)
-            r.close()
-        assert registry.request("GET", upstream.url + "/echo").status == 200
-        totals = registry.stats().totals()
-        assert (totals["unread"], totals["in_use"], totals["streaming"]) == (3, 0, 0)
-    finally:
-        registry.close()

@@ -40,7 +40,8 @@ rather than leave a client on botocore's own pools when one is missing):
 - of ``botocore.httpsession.URLLib3Session``: the methods ``_get_connection_manager``,
   ``_setup_ssl_cert`` and ``_get_request_timeout``, and the attributes ``_verify``,
   ``_timeout``, ``_socket_options``, ``_cert_file``, ``_key_file``, ``_proxy_managers``;
-  ``botocore.httpsession.BUFFER_SIZE``.
+  ``botocore.httpsession.BUFFER_SIZE``;
+- of urllib3's ``HTTPResponse``: ``_pool`` and ``_connection`` (what ``release_conn`` uses).
 
 Not covered: the credential fetchers (IMDS, SSO, container credentials) keep their own
 sessions; ``BOTO_EXPERIMENTAL__ADD_PROXY_HOST_HEADER`` writes on the pool botocore is
@@ -53,6 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore import httpsession  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSConnection  # type: ignore[import-untyped]
+from urllib3.response import HTTPResponse
 from urllib3.util import parse_url
 
 from ..errors import PoolClientError
@@ -168,10 +170,35 @@ class RegistrySession(httpsession.URLLib3Session):  # type: ignore[misc]
         timeout = super()._get_request_timeout(request)
         return self._timeout if timeout is None else timeout
 
+    def send(self, request: Any) -> Any:
+        response = super().send(request)
+        raw = response.raw
+        if type(raw) is HTTPResponse and isinstance(raw._pool, CountedPool):
+            raw.__class__ = _ReleasingResponse  # its body is still to be read
+        return response
+
     def close(self) -> None:
         """Close botocore's own proxy pools; the registry's stay open."""
         for manager in self._proxy_managers.values():
             manager.clear()
+
+
+class _ReleasingResponse(HTTPResponse):
+    """urllib3's response, whose ``close()`` (``StreamingBody.close()``, and its finalizer)
+    gives the connection back through :meth:`~poolclient.pool.CountedPool.release_unread`."""
+
+    _releasing = False
+
+    def close(self) -> None:
+        pool = self._pool
+        if self._connection is not None and isinstance(pool, CountedPool) and \
+                not self._releasing:
+            self._releasing = True  # release_unread closes it: that close is urllib3's
+            try:
+                pool.release_unread(self)
+            finally:
+                self._releasing = False
+        super().close()
 
 
 _aws_classes: dict[type[Any], type[Any]] = {}
