@@ -16,9 +16,10 @@ starts with ``expired``, is a 401 (google-auth then refreshes and tries again).
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 from urllib.parse import parse_qs
+
+from app.stubs import answer_json
 
 TOKEN_PATH = "/oauth2/v4/token"
 _STORAGE = "/storage/v1/b/"
@@ -62,11 +63,4 @@ def answer(handler: Any, path: str, query: dict[str, list[str]], body: bytes,
 
 def _json(handler: Any, status: int, document: object,
           headers: list[tuple[str, str]] | None = None) -> None:
-    body = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json; charset=UTF-8")
-    handler.send_header("Content-Length", str(len(body)))
-    for name, value in headers or ():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(body)
+    answer_json(handler, status, document, headers or (), "application/json; charset=UTF-8")

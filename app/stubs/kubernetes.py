@@ -21,6 +21,8 @@ import json
 import threading
 from typing import Any
 
+from app.stubs import answer_json
+
 NAMESPACES = ("default", "kube-system")
 GATE_SECONDS = 30.0
 _PREFIX = "/api/v1/namespaces"
@@ -68,12 +70,7 @@ def answer(handler: Any, path: str, query: dict[str, list[str]], body: bytes,
 
 
 def _json(handler: Any, status: int, document: object) -> None:
-    body = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
+    answer_json(handler, status, document)
 
 
 def _watch(handler: Any, pods: list[dict[str, Any]], gate: threading.Event | None) -> None:

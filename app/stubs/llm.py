@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Any
 
+from app.stubs import answer_json
+
 WORDS = ("po", "ng")
 STALL_SECONDS = 30.0
 
@@ -90,13 +92,7 @@ def answer(handler: Any, path: str, query: dict[str, list[str]], body: bytes,
 
 
 def _json(handler: Any, status: int, document: object) -> None:
-    body = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(body)))
-    handler.send_header("x-request-id", "req_test")
-    handler.end_headers()
-    handler.wfile.write(body)
+    answer_json(handler, status, document, [("x-request-id", "req_test")])
 
 
 def _stream(handler: Any, events: list[tuple[str | None, str]],

@@ -26,6 +26,8 @@ import json
 import threading
 from typing import Any
 
+from app.stubs import answer_json
+
 ELASTIC, OPENSEARCH = "/elastic", "/opensearch"
 GATE_SECONDS = 30.0
 VERSION = "9.1.0"
@@ -126,17 +128,10 @@ def _search(index: tuple[str, str]) -> dict[str, Any]:
 
 
 def _json(handler: Any, product: str, status: int, document: object) -> None:
-    body = json.dumps(document).encode()
-    headers = [("Content-Type", "application/json; charset=UTF-8")]
-    if product == ELASTIC:
-        compatible = "compatible-with=" in handler.headers.get("Accept", "")
-        ctype = (f"application/vnd.elasticsearch+json;compatible-with={VERSION.split('.')[0]}"
-                 if compatible else "application/json")
-        headers = [("Content-Type", ctype), ("X-Elastic-Product", "Elasticsearch")]
-    handler.send_response(status)
-    for name, value in headers:
-        handler.send_header(name, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    if handler.command != "HEAD":
-        handler.wfile.write(body)
+    if product != ELASTIC:
+        answer_json(handler, status, document, ctype="application/json; charset=UTF-8")
+        return
+    compatible = "compatible-with=" in handler.headers.get("Accept", "")
+    ctype = (f"application/vnd.elasticsearch+json;compatible-with={VERSION.split('.')[0]}"
+             if compatible else "application/json")
+    answer_json(handler, status, document, [("X-Elastic-Product", "Elasticsearch")], ctype)

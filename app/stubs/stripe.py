@@ -8,9 +8,10 @@ Stripe answers them (JSON objects with ``"object"``, errors as ``{"error": {...}
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import parse_qs
+
+from app.stubs import answer_json
 
 MISSING = "cus_missing"
 
@@ -52,10 +53,4 @@ def _error(kind: str, message: str, **extra: str) -> dict[str, Any]:
 
 
 def _json(handler: Any, status: int, document: object) -> None:
-    data = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.send_header("Request-Id", "req_test")
-    handler.end_headers()
-    handler.wfile.write(data)
+    answer_json(handler, status, document, [("Request-Id", "req_test")])

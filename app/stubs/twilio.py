@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 from urllib.parse import parse_qs
+
+from app.stubs import answer_json
 
 PREFIX = "/2010-04-01/Accounts/"
 SUFFIX = "/Messages.json"
@@ -61,9 +62,4 @@ def _basic_user(header: str) -> str | None:
 
 
 def _json(handler: Any, status: int, document: object) -> None:
-    data = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
+    answer_json(handler, status, document)

@@ -11,8 +11,9 @@ answered as Vault answers them (``Content-Type: application/json``, errors as
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from app.stubs import answer_json
 
 SECRET = {"username": "app", "password": "s3cr3t"}
 
@@ -49,10 +50,4 @@ def answer(handler: Any, path: str, query: dict[str, list[str]], body: bytes,
 
 
 def _json(handler: Any, status: int, document: object) -> None:
-    data = json.dumps(document).encode()
-    handler.send_response(status)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    if handler.command != "HEAD":
-        handler.wfile.write(data)
+    answer_json(handler, status, document)
