@@ -265,9 +265,11 @@ def _error_name(exc: BaseException, reading: bool) -> str | None:
 
 def _response_lines(response: BaseHTTPResponse) -> list[tuple[bytes, bytes]]:
     # http.client's message keeps every line in the order received (urllib3's headers
-    # group repeats by name); latin-1 gives back the bytes it decoded.
+    # group repeats by name); latin-1 gives back the bytes it decoded. ``raw_items``, not
+    # ``items``: the email policy's per-header fetch only undoes surrogate escapes, which
+    # http.client's latin-1 decoding never makes, and costs two calls a header line.
     original = getattr(response, "_original_response", None)
-    lines = original.msg.items() if original is not None else response.headers.items()
+    lines = original.msg.raw_items() if original is not None else response.headers.items()
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in lines]
 
 
