@@ -185,6 +185,28 @@ def test_second_connection_of_a_pool_resumes(server: TLSServer, ca_file: str) ->
     assert len(server.handshakes) == 4  # four connections, one handshake each
 
 
+def test_a_resumed_connection_leaves_the_kept_session_until_half_its_lifetime(
+        server: TLSServer, ca_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python hands out a copy of a session (serialised and parsed again, 0.2 ms): a
+    # connection that resumed the pool's session does not read its own, until the kept one
+    # has used half its lifetime.
+    import poolclient.tls as tls
+
+    pool = Pool("127.0.0.1", server.port, ca_certs=ca_file, maxsize=1)
+    assert reused(pool, "/") is False
+    context = pool.tls._current
+    assert context is not None and context.last is not None
+    kept = context.last[1]
+    assert [reused(pool, "/") for _ in range(3)] == [True, True, True]
+    assert context.last[1] is kept
+    later = kept.time + kept.timeout / 2 + 1
+    monkeypatch.setattr(tls, "time", type("Clock", (), {"time": staticmethod(lambda: later)}))
+    assert reused(pool, "/") is True
+    assert context.last[1] is not kept  # the resumed connection's newer one
+    assert reused(pool, "/") is True
+    assert len(server.handshakes) == 6
+
+
 def test_session_read_on_a_kept_alive_connection(server: TLSServer, ca_file: str) -> None:
     # The first connection stays open, and checked out while its body is unread: its
     # session is read once its response has arrived, not when it closes.
