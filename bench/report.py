@@ -78,6 +78,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], baseline: str) -> list[dict[str
             "resumed": resumed,
             "resumed_rate": resumed / handshakes if handshakes else None,
             "cpu_per_1k": _median([r["cpu_s"] / r["requests"] * 1000 for r in mine]),
+            "upstream_cpu_per_1k": _per_1k(mine, "upstream_cpu_s"),
+            "load_cpu_per_1k": _per_1k(mine, "load_cpu_s"),
             "rss_mib": _median(rss) if rss else None,
             # (d): every round's firsts after a gap, pooled (a run has clients x gaps).
             "first_n": len(first),
@@ -215,6 +217,12 @@ def target_lines(found: Sequence[Mapping[str, Any]]) -> list[str]:
     return [f"- {verdict[t['met']]}: {t['target']}: {t['figure']}" for t in found]
 
 
+def _per_1k(runs: Sequence[Mapping[str, Any]], field: str) -> float | None:
+    # Runs recorded before the field existed have none.
+    values = [r[field] / r["requests"] * 1000 for r in runs if r.get(field) is not None]
+    return _median(values) if values else None
+
+
 def _num(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + suffix
 
@@ -279,6 +287,8 @@ def markdown(found: Mapping[str, Sequence[Mapping[str, Any]]],
     rounds = max((r["rounds"] for rows in found.values() for r in rows), default=0)
     spread = "\n".join(
         f"| {key} | {r['contender']} | {r['rps_min']:,.0f} | {r['rps_max']:,.0f} | "
+        f"{r['cpu_per_1k']:.3f} | {_num(r['upstream_cpu_per_1k'], '.3f')} | "
+        f"{_num(r['load_cpu_per_1k'], '.3f')} | "
         f"{r['handshakes']} | {r['resumed']} | {r['errors']} |"
         for key, rows in found.items() for r in rows)
     bundle = meta.get("bundle", "n/a")
@@ -319,9 +329,14 @@ after a gap" is each client's first request after each idle gap, pooled over the
 
 ## Spread and counts
 
-| scenario | contender | req/s min | req/s max | most handshakes in a run | resumed | errors |
-|---|---|---:|---:|---:|---:|---:|
+| scenario | contender | req/s min | req/s max | CPU s per 1k req: gunicorn | nginx | \
+load generator | most handshakes in a run | resumed | errors |
+|---|---|---:|---:|---:|---:|---:|---:|---:|---:|
 {spread}
+
+The three share the machine's cores: nginx's and the load generator's CPU per request are
+what a contender cannot change, and they bound how far its req/s can rise above another's
+when its own CPU per request falls.
 
 ## Targets (issues 5, 13 and 16)
 

@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import ssl
 import subprocess
@@ -93,6 +94,10 @@ class Run:
     cpu_s: float
     rss_kib: list[int]  # each worker's VmRSS just before it was stopped
     first_ms: list[float] | None = None  # (d): each first request after an idle gap
+    # The rest of the machine's work during the load, on the same cores: nginx's (master
+    # and worker), and the load generator's (wrk, or bench/burst.py).
+    upstream_cpu_s: float | None = None
+    load_cpu_s: float | None = None
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
@@ -137,6 +142,10 @@ class Upstream:
 
     def ca_for(self, scenario: Scenario) -> str:
         return self.bundle if scenario.bundle else self.ca
+
+    def pid(self) -> int:
+        """nginx's master process (its worker is its child)."""
+        return int((self.directory / "nginx.pid").read_text())
 
     def offset(self) -> int:
         log = self.directory / "access.log"
@@ -297,9 +306,13 @@ def run_one(name: str, round_: int, upstream: Upstream, load: Load | float, work
             raise SystemExit(f"bench: gunicorn for {app} exited; see {work / 'gunicorn.log'}")
         wait_until(lambda: len(Path(f"/proc/{server.pid}/task/{server.pid}/children")
                                .read_text().split()) == WORKERS, 30, "gunicorn's workers")
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before, upstream_before = cpu_seconds(server.pid), cpu_seconds(upstream.pid())
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator's, after
         result = _load(scenario, load, port)
         cpu = cpu_seconds(server.pid) - cpu_before
+        upstream_cpu = cpu_seconds(upstream.pid()) - upstream_before
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        load_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
         rss = worker_rss(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -310,7 +323,8 @@ def run_one(name: str, round_: int, upstream: Upstream, load: Load | float, work
                rps=result["rps"], p50_ms=result["p50_ms"], p99_ms=result["p99_ms"],
                errors=int(result["errors"]), upstream_requests=upstream_requests,
                handshakes=handshakes, resumed=resumed, cpu_s=round(cpu, 3), rss_kib=rss,
-               first_ms=result.get("first_ms"))
+               first_ms=result.get("first_ms"), upstream_cpu_s=round(upstream_cpu, 3),
+               load_cpu_s=round(load_cpu, 3))
 
 
 STATIC = "static (no upstream)"

@@ -207,6 +207,11 @@ def test_one_short_round_of_every_contender(tmp_path):
     # The static app never calls nginx; a Session per request opens one connection per
     # request; the pooled ones one per 100 requests (nginx closes it) plus one per thread.
     assert runs["static (no upstream)"]["upstream_requests"] == 0
+    # Every run counts the other work on the machine's cores: wrk's always, nginx's when
+    # the contender calls it.
+    assert all(r["load_cpu_s"] > 0 for r in runs.values())
+    assert all(r["upstream_cpu_s"] > 0 for name, r in runs.items()
+               if name != "static (no upstream)")
     for name in POOLED:
         r = runs[name]
         assert r["upstream_requests"] >= r["requests"], name
