@@ -52,8 +52,9 @@ handshake that fails after offering one drops it, so the connect retry offers no
 Protocol notes: urllib3 sets ``OP_NO_TICKET``, which is kept, so TLS 1.2 resumes by
 session ID and only with servers that cache sessions (nginx ``ssl_session_cache``); TLS 1.3
 resumes with tickets regardless. Connections of one pool that connect at the same time
-present the same ticket; servers that accept a ticket once give the others a full
-handshake.
+present the same ticket, and so do the pool's reconnects until half the kept session's
+lifetime is gone; servers that accept a ticket once give the others a full handshake, and
+its session is the one kept next.
 """
 
 from __future__ import annotations
