@@ -10,7 +10,10 @@ on`` then counts exactly the ``calls`` requests that follow, and ``-i off`` stop
 process ends. Counts vary by well under 1 % run to run (the network's timing changes which
 branches run).
 
-    python -m bench.callgrind [--calls 2000]      # starts its own nginx
+    python -m bench.callgrind [--calls 2000] [--pair openai]    # starts its own nginx
+
+``--pair openai`` counts the OpenAI client on httpx2's own pool against the same client on
+poolclient's transport instead (issue 13's CPU per call, as instructions).
 """
 
 from __future__ import annotations
@@ -33,12 +36,21 @@ if TYPE_CHECKING:
 MEASURED = {
     "bare urllib3 PoolManager": ("bare_urllib3", False),
     "poolclient .request()": ("poolclient_request", True),
+    "OpenAI module-level client (httpx2's pool)": ("openai_shared", False),
+    "OpenAI client on poolclient's transport": ("openai_poolclient", True),
 }
 BASELINE, REQUEST = "bare urllib3 PoolManager", "poolclient .request()"
+OPENAI_SHARED = "OpenAI module-level client (httpx2's pool)"
+OPENAI_POOLED = "OpenAI client on poolclient's transport"
+# What each comparison sets against what: issue 16's bar, and issue 13's CPU per call as
+# instructions (the same calls, one process, no other load on the cores).
+PAIRS = {"request": (BASELINE, REQUEST), "openai": (OPENAI_SHARED, OPENAI_POOLED)}
+# An OpenAI call costs about eight requests' instructions: fewer of them count as much.
+SDK_SHARE = 4
 WARMUP = 200
 # Seconds per process here besides its calls (valgrind's start, imports, the warm-up),
 # and per instrumented call: for bench.run's estimate.
-START_S, PER_CALL_S = 25.0, 0.012
+START_S, PER_CALL_S, SDK_PER_CALL_S = 25.0, 0.012, 0.1
 
 
 def available() -> bool:
@@ -46,7 +58,14 @@ def available() -> bool:
 
 
 def estimate(calls: int) -> float:
-    return len(MEASURED) * (START_S + calls * PER_CALL_S) if calls else 0.0
+    if not calls:
+        return 0.0
+    return 4 * START_S + 2 * calls * PER_CALL_S + 2 * sdk_calls(calls) * SDK_PER_CALL_S
+
+
+def sdk_calls(calls: int) -> int:
+    """OpenAI calls counted when ``calls`` requests are."""
+    return max(1, calls // SDK_SHARE)
 
 
 def totals(text: str) -> int:
@@ -103,17 +122,20 @@ def count(name: str, upstream: Upstream, calls: int, work: Path) -> int:
     return totals(out.read_text())
 
 
-def compare(upstream: Upstream, calls: int, work: Path) -> dict[str, Any]:
-    """Instructions per request of each measured contender, and ``.request()``'s ratio."""
-    per = {name: count(name, upstream, calls, work) / calls for name in MEASURED}
-    return {"calls": calls, "per_request": per, "ratio": per[REQUEST] / per[BASELINE]}
+def compare(upstream: Upstream, calls: int, work: Path, pair: str = "request") -> dict[str, Any]:
+    """Instructions per call of the two contenders of ``pair`` (:data:`PAIRS`), and the
+    second's over the first's."""
+    baseline, subject = PAIRS[pair]
+    per = {name: count(name, upstream, calls, work) / calls for name in (baseline, subject)}
+    return {"calls": calls, "per_request": per, "ratio": per[subject] / per[baseline]}
 
 
 def summary(found: dict[str, Any]) -> str:
-    lines = [f"callgrind, instructions per request ({found['calls']} requests, one thread):"]
+    baseline, subject = found["per_request"]
+    lines = [f"callgrind, instructions per call ({found['calls']} calls, one thread):"]
     for name, value in found["per_request"].items():
-        lines.append(f"  {name:28} {value:12,.0f}")
-    lines.append(f"  .request() / bare urllib3: {found['ratio']:.4f}x")
+        lines.append(f"  {name:44} {value:12,.0f}")
+    lines.append(f"  {subject} / {baseline}: {found['ratio']:.4f}x")
     return "\n".join(lines)
 
 
@@ -148,6 +170,7 @@ def _child(name: str, calls: int, go: Path, end: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="request")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--go", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--end", type=Path, help=argparse.SUPPRESS)
@@ -160,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="poolclient-callgrind-") as tmp:
         with nginx_upstream(Path(tmp)) as upstream:
-            print(summary(compare(upstream, args.calls, Path(tmp))))
+            print(summary(compare(upstream, args.calls, Path(tmp), args.pair)))
     return 0
 
 

@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     runs: list[Run] = []
     counts: dict[str, Any] | None = None
+    sdk_counts: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="poolclient-bench-") as tmp:
         work = Path(tmp)
         with upstream(work) as nginx_upstream:
@@ -435,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
             if calls:
                 counts = callgrind.compare(nginx_upstream, calls, work)
                 print(callgrind.summary(counts), flush=True)
+                sdk_counts = callgrind.compare(nginx_upstream, callgrind.sdk_calls(calls),
+                                               work, "openai")
+                print(callgrind.summary(sdk_counts), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = machine(command)
@@ -445,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = {"meta": meta, "runs": [asdict(r) for r in runs], "workers": WORKERS,
            "threads": THREADS, "duration": args.duration, "gaps": args.gaps, "gap": args.gap,
            "clients": CLIENTS, "scenarios": {k: asdict(SCENARIOS[k]) for k in keys},
-           "callgrind": counts}
+           "callgrind": counts, "callgrind_sdk": sdk_counts}
     (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
     rendered = report.render(raw, BASELINE, out, Path(args.readme) if args.readme else None)
     print(rendered)

@@ -243,3 +243,17 @@ def test_bursts_after_idle_gaps(tmp_path):
         assert connections < r["handshakes"] <= 2 * connections, name
     assert runs[report.REQUEST]["resumed"] > 0
     assert runs["bare urllib3 PoolManager"]["resumed"] == 0
+
+
+def test_the_sdk_pair_is_counted_in_instructions_too():
+    def verdict(ratio):
+        sdk = {"calls": 10, "ratio": ratio,
+               "per_request": {report.OPENAI_SHARED: 100.0, report.OPENAI_POOLED: 100 * ratio}}
+        found = report.targets({}, 8, None, sdk)
+        line = next(t for t in found if "instructions per call" in t["target"])
+        return line["met"]
+
+    assert verdict(0.99) is True
+    assert verdict(1.01) is False
+    assert callgrind.PAIRS["openai"] == (report.OPENAI_SHARED, report.OPENAI_POOLED)
+    assert callgrind.sdk_calls(2000) == 500
