@@ -321,7 +321,7 @@ class CountedPool(_PoolBase):
 
     # urllib3's signatures, spelled out rather than taken as ``*args, **kwargs``: this is
     # every request's path, and packing and unpacking a dozen keywords twice per call (here
-    # and in ``urlopen``) cost 1 % of a request's instructions (callgrind).
+    # and in ``urlopen``) cost 2 % of a request's instructions (callgrind).
     def _make_request(
         self, conn: Any, method: str, url: str, body: Any = None, headers: Any = None,
         retries: Any = None, timeout: Any = _DEFAULT_TIMEOUT, chunked: bool = False,
