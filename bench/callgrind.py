@@ -29,19 +29,18 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.report import BASELINE, OPENAI_POOLED, OPENAI_SHARED, REQUEST
+
 if TYPE_CHECKING:
     from bench.run import Upstream
 
 # name in the report: (app in bench/contenders.py, wrapped in poolclient's middleware)
 MEASURED = {
-    "bare urllib3 PoolManager": ("bare_urllib3", False),
-    "poolclient .request()": ("poolclient_request", True),
-    "OpenAI module-level client (httpx2's pool)": ("openai_shared", False),
-    "OpenAI client on poolclient's transport": ("openai_poolclient", True),
+    BASELINE: ("bare_urllib3", False),
+    REQUEST: ("poolclient_request", True),
+    OPENAI_SHARED: ("openai_shared", False),
+    OPENAI_POOLED: ("openai_poolclient", True),
 }
-BASELINE, REQUEST = "bare urllib3 PoolManager", "poolclient .request()"
-OPENAI_SHARED = "OpenAI module-level client (httpx2's pool)"
-OPENAI_POOLED = "OpenAI client on poolclient's transport"
 # What each comparison sets against what: issue 16's bar, and issue 13's CPU per call as
 # instructions (the same calls, one process, no other load on the cores).
 PAIRS = {"request": (BASELINE, REQUEST), "openai": (OPENAI_SHARED, OPENAI_POOLED)}
@@ -60,7 +59,9 @@ def available() -> bool:
 def estimate(calls: int) -> float:
     if not calls:
         return 0.0
-    return 4 * START_S + 2 * calls * PER_CALL_S + 2 * sdk_calls(calls) * SDK_PER_CALL_S
+    # One process per contender of each pair.
+    return (len(MEASURED) * START_S
+            + 2 * (calls * PER_CALL_S + sdk_calls(calls) * SDK_PER_CALL_S))
 
 
 def sdk_calls(calls: int) -> int:

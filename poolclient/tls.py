@@ -217,8 +217,9 @@ class _Context:
     def keep(self, sock: ssl.SSLSocket) -> None:
         # Reading a socket's session copies it whole (CPython's _ssl serialises it and
         # parses it back, the server's certificates included: 0.2 ms here, as much as
-        # resuming saves with TLS 1.3 and ECDSA). So a connection that resumed the session kept here
-        # leaves it in place until half its lifetime is gone; a full handshake's is taken.
+        # resuming saves with TLS 1.3 and ECDSA). So a connection that resumed the session
+        # kept here leaves it in place until half its lifetime is gone; a full handshake's
+        # is taken.
         last = self.last
         if (last is not None and last[0] == sock.server_hostname and sock.session_reused
                 and time.time() - last[1].time < last[1].timeout / 2):

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -200,7 +201,7 @@ def test_a_resumed_connection_leaves_the_kept_session_until_half_its_lifetime(
     assert [reused(pool, "/") for _ in range(3)] == [True, True, True]
     assert context.last[1] is kept
     later = kept.time + kept.timeout / 2 + 1
-    monkeypatch.setattr(tls, "time", type("Clock", (), {"time": staticmethod(lambda: later)}))
+    monkeypatch.setattr(tls, "time", SimpleNamespace(time=lambda: later))
     assert reused(pool, "/") is True
     assert context.last[1] is not kept  # the resumed connection's newer one
     assert reused(pool, "/") is True
