@@ -1,0 +1,104 @@
+"""http.client's response, with the header block read without the email parser when it is
+plain.
+
+``http.client`` hands every response's header block to :mod:`email.parser`, built for mail:
+for nginx's six header lines that is one instruction in six of a whole ``.request()``
+(callgrind, ``make bench``'s ideal upstream). Almost every HTTP response has plain
+lines, ``name: value``, nothing folded, nothing a mail parser would read on for (a
+``multipart/`` or ``message/`` type). For those, :func:`parse_lines` builds the same
+:class:`http.client.HTTPMessage` the parser would, attribute for attribute; anything else
+goes to the parser, as http.client sends it. Whatever reads the headers (urllib3's
+``assert_header_parsing``, ``HTTPHeaderDict``, the httpx transports) cannot tell the two
+apart; ``tests/test_response.py`` holds them equal.
+
+Only the header block changes: the status line, the framing (chunked, length, close) and
+the body are http.client's. With ``debuglevel`` set, all of it is.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import http.client
+import re
+
+# A token, a colon, a value without CR or LF, the line end: RFC 9112's field line without
+# obs-fold. The email parser splits lines at a lone CR as well, so a value holding one is
+# not plain.
+_PLAIN = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*)\r?\n")
+# Types the email parser reads a body for (an empty one here), leaving defects to see.
+_READ_ON = re.compile(rb"content-type:[ \t]*(multipart|message)/", re.IGNORECASE)
+
+
+def parse_lines(lines: list[bytes]) -> http.client.HTTPMessage:
+    """The message of a header block, ``lines`` as ``http.client`` reads them (the last is
+    the empty line, or ``b""`` at the end of the stream)."""
+    message = http.client.HTTPMessage()
+    for line in lines[:-1]:
+        plain = _PLAIN.fullmatch(line)
+        if plain is None or _READ_ON.match(line):
+            return _parsed(lines)
+        # As the email parser's compat32 policy keeps it: spaces and tabs after the colon
+        # go, those at the end of the value stay.
+        message.set_raw(plain[1].decode("latin-1"), plain[2].decode("latin-1"))
+    if lines and lines[-1] not in (b"\r\n", b"\n", b""):
+        return _parsed(lines)
+    message.set_payload("")
+    return message
+
+
+def _parsed(lines: list[bytes]) -> http.client.HTTPMessage:
+    text = b"".join(lines).decode("iso-8859-1")
+    return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(text)
+
+
+class FastHeaderResponse(http.client.HTTPResponse):
+    """``http.client.HTTPResponse`` whose :meth:`begin` reads the header block with
+    :func:`parse_lines`: the ``response_class`` of poolclient's connections."""
+
+    def begin(self) -> None:
+        if self.headers is not None:  # already begun
+            return
+        if self.debuglevel > 0:  # http.client prints what it reads
+            super().begin()
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            http.client._read_headers(self.fp)  # the 100's, unused
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = parse_lines(http.client._read_headers(self.fp))
+        self._frame()
+
+    def _frame(self) -> None:
+        # http.client's rules, in its order: chunked wins over a length; a bad or negative
+        # length is none; no body after 1xx, 204, 304 or HEAD; no length and not chunked
+        # means the body ends when the connection does.
+        coding = self.headers.get("transfer-encoding")
+        self.chunked = coding is not None and coding.lower() == "chunked"
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                pass
+            else:
+                if self.length < 0:
+                    self.length = None
+        status = self.status
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or (
+                100 <= status < 200) or self._method == "HEAD":  # type: ignore[attr-defined]
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
