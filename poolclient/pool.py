@@ -143,9 +143,10 @@ def _counting(cls: type[Any]) -> type[Any]:
         return cls
     found = _counting_classes.get(cls)
     if found is None:
-        # A class with a response class of its own keeps it.
-        own = {} if cls.response_class is http.client.HTTPResponse else {
-            "response_class": cls.response_class}
+        # A class with a response class of its own keeps it (urllib3's HTTP/2 connection
+        # has none, and no use for one).
+        theirs = getattr(cls, "response_class", http.client.HTTPResponse)
+        own = {} if theirs is http.client.HTTPResponse else {"response_class": theirs}
         found = _counting_classes[cls] = type(cls.__name__, (_CountsConnects, cls), own)
     return found
 

@@ -153,3 +153,9 @@ def test_poolclients_connections_use_it_and_another_response_class_is_kept() -> 
 
     assert _counting(WithOwn).response_class is Own
     assert _counting(urllib3.connection.HTTPConnection).response_class is FastHeaderResponse
+
+    class NoResponseClass:  # as urllib3's HTTP/2 connection
+        def __init__(self, host: str, port: int) -> None:
+            pass
+
+    assert issubclass(_counting(NoResponseClass), NoResponseClass)
