@@ -5,8 +5,8 @@ Only urllib3's own extension points are used: ``ConnectionCls`` and the pool que
 counting; ``_get_conn`` / ``_put_conn`` for checkout accounting and connection lifetimes;
 ``_make_request`` for the one retry urllib3 cannot decide (see :mod:`poolclient.retry`);
 ``urlopen``, ``_get_conn``, ``_validate_conn`` and the connection's ``getresponse`` for the
-deadline; its ``response_class`` for a cheaper read of plain header blocks (see
-:mod:`poolclient.response`). The HTTP itself is urllib3's, unchanged.
+deadline; ``putheader`` and ``response_class`` for plain header lines written and read for less (see
+:mod:`poolclient.wire`). The HTTP itself is urllib3's, unchanged.
 
 Expiry is checked when a connection is taken or returned, never by a background thread
 (what urllib3's maintainers asked for, urllib3 #1301 and #2498): an idle connection past
@@ -38,9 +38,9 @@ from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from . import metrics, retry
 from .errors import PoolClientError
-from .response import FastHeaderResponse
 from .stats import PoolSnapshot, PoolStats
 from .tls import HTTP11Connection, ResumingConnection, ResumingPool
+from .wire import PlainHeaderLines
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse, HTTPResponse
@@ -94,12 +94,11 @@ else:
     _ConnectionBase = _PoolBase = object
 
 
-class _CountsConnects(_ConnectionBase):
+class _CountsConnects(PlainHeaderLines):
     stats: PoolStats | None = None
     connected_at = 0.0  # monotonic time of the last connect
     idle_since = 0.0  # monotonic time it was last returned to the pool
     open_at_checkout = False  # set by the queue: had a socket when taken
-    response_class = FastHeaderResponse
     requests_sent = 0  # on this socket
     streaming = False  # held by a response handed to its caller, the body still to read
 

@@ -1,5 +1,6 @@
-"""poolclient.response: header blocks read without the email parser give the message the
-parser gives, and a response begins as http.client's does."""
+"""poolclient.wire: header blocks read without the email parser give the message the
+parser gives, a response begins as http.client's does, and request header lines written
+the short way are the bytes (and the errors) of the long way."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import pytest
 import urllib3
 
-from poolclient import response
+from poolclient import wire
 from poolclient.pool import CountedHTTPSConnectionPool, _counting
-from poolclient.response import FastHeaderResponse, parse_lines
+from poolclient.wire import FastHeaderResponse, parse_lines
 
 PLAIN = {
     "repeats and order": [b"Server: nginx\r\n", b"Set-Cookie: a=1\r\n", b"X-B: 2\r\n",
@@ -61,7 +62,7 @@ def test_a_plain_block_gives_the_parsers_message_without_the_parser(
     def refuse(lines: list[bytes]) -> http.client.HTTPMessage:
         raise AssertionError("the email parser was used for a plain block")
 
-    monkeypatch.setattr(response, "_parsed", refuse)
+    monkeypatch.setattr(wire, "_parsed", refuse)
     assert _state(parse_lines(lines)) == expected
 
 
@@ -69,8 +70,8 @@ def test_a_plain_block_gives_the_parsers_message_without_the_parser(
 def test_any_other_block_goes_to_the_email_parser(
         lines: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     used: list[int] = []
-    parsed = response._parsed
-    monkeypatch.setattr(response, "_parsed", lambda lines: used.append(1) or parsed(lines))
+    parsed = wire._parsed
+    monkeypatch.setattr(wire, "_parsed", lambda lines: used.append(1) or parsed(lines))
     assert _state(parse_lines(lines)) == _state(_parser(lines))
     assert used == [1]
 
@@ -159,3 +160,69 @@ def test_poolclients_connections_use_it_and_another_response_class_is_kept() -> 
             pass
 
     assert issubclass(_counting(NoResponseClass), NoResponseClass)
+
+
+LINES: dict[str, tuple[Any, ...]] = {
+    "plain": ("X-Stainless-Lang", "python"),
+    "empty value": ("X-Empty", ""),
+    "spaces kept": ("X-A", "  a b  "),
+    "latin-1": ("X-A", "caf\xe9"),
+    "a colon in the value": ("X-A", "b: c"),
+    "space in the name": ("X A", "1"),
+    "bytes name": (b"X-A", "1"),
+    "bytes value": ("X-A", b"1"),
+    "int value": ("Content-Length", 60),
+    "two values": ("X-A", "1", "2"),
+    "obs-fold value": ("X-A", "1\r\n 2"),
+    "skipped, skippable": ("User-Agent", urllib3.util.SKIP_HEADER),
+}
+REFUSED: dict[str, tuple[Any, ...]] = {
+    "CRLF in the value": ("X-A", "1\r\nX-B: 2"),
+    "LF in the value": ("X-A", "1\n2"),
+    "colon in the name": ("X:A", "1"),
+    "space first in the name": (" X", "1"),
+    "empty name": ("", "1"),
+    "non-ASCII name": ("X-\xe9", "1"),
+    "value beyond latin-1": ("X-A", "\u20ac"),
+    "skipped, not skippable": ("X-A", urllib3.util.SKIP_HEADER),
+}
+
+
+def _written(cls: type[urllib3.connection.HTTPConnection], *line: Any,
+             started: bool = True) -> list[bytes]:
+    conn = cls("127.0.0.1", 1)
+    if started:
+        conn.putrequest("POST", "/v1/chat", skip_host=True, skip_accept_encoding=True)
+    conn.putheader(*line)
+    return list(conn._buffer)  # type: ignore[attr-defined]
+
+
+OURS = _counting(urllib3.connection.HTTPConnection)
+
+
+@pytest.mark.parametrize("line", LINES.values(), ids=LINES.keys())
+def test_a_request_header_line_is_written_as_http_client_writes_it(line: tuple[Any, ...]
+                                                                   ) -> None:
+    assert _written(OURS, *line) == _written(urllib3.connection.HTTPConnection, *line)
+
+
+@pytest.mark.parametrize("line", REFUSED.values(), ids=REFUSED.keys())
+def test_a_refused_header_line_raises_what_http_client_raises(line: tuple[Any, ...]) -> None:
+    with pytest.raises(Exception) as stock:
+        _written(urllib3.connection.HTTPConnection, *line)
+    with pytest.raises(Exception) as ours:
+        _written(OURS, *line)
+    assert (type(ours.value), str(ours.value)) == (type(stock.value), str(stock.value))
+
+
+def test_a_header_line_outside_a_request_raises_as_http_clients() -> None:
+    with pytest.raises(http.client.CannotSendHeader):
+        _written(OURS, "X-A", "1", started=False)
+
+
+def test_a_plain_header_line_skips_the_long_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("http.client's putheader was used for a plain line")
+
+    monkeypatch.setattr(http.client.HTTPConnection, "putheader", refuse)
+    assert _written(OURS, "X-A", "1")[-1] == b"X-A: 1"
