@@ -133,6 +133,8 @@ class _CountedHTTPSConnection(_CountsConnects, ResumingConnection, HTTP11Connect
 
 
 _counting_classes: dict[type[Any], type[Any]] = {}
+_HEADER_LINES = {"putheader": HTTPConnection.putheader,
+                 "response_class": http.client.HTTPResponse}
 
 
 def _counting(cls: type[Any]) -> type[Any]:
@@ -142,10 +144,10 @@ def _counting(cls: type[Any]) -> type[Any]:
         return cls
     found = _counting_classes.get(cls)
     if found is None:
-        # A class with a response class of its own keeps it (urllib3's HTTP/2 connection
-        # has none, and no use for one).
-        theirs = getattr(cls, "response_class", http.client.HTTPResponse)
-        own = {} if theirs is http.client.HTTPResponse else {"response_class": theirs}
+        # What a class does its own way with header lines stays its own (urllib3's HTTP/2
+        # connection writes frames, and has no response class).
+        own = {name: getattr(cls, name) for name, stock in _HEADER_LINES.items()
+               if getattr(cls, name, stock) is not stock}
         found = _counting_classes[cls] = type(cls.__name__, (_CountsConnects, cls), own)
     return found
 

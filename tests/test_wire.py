@@ -142,7 +142,7 @@ def test_too_many_header_lines_raise_as_in_http_client() -> None:
         _begun(FastHeaderResponse, data, "GET")
 
 
-def test_poolclients_connections_use_it_and_another_response_class_is_kept() -> None:
+def test_poolclients_connections_use_both_and_a_class_with_its_own_keeps_it() -> None:
     pool = CountedHTTPSConnectionPool("127.0.0.1", 443)
     assert pool.ConnectionCls.response_class is FastHeaderResponse
 
@@ -155,11 +155,12 @@ def test_poolclients_connections_use_it_and_another_response_class_is_kept() -> 
     assert _counting(WithOwn).response_class is Own
     assert _counting(urllib3.connection.HTTPConnection).response_class is FastHeaderResponse
 
-    class NoResponseClass:  # as urllib3's HTTP/2 connection
-        def __init__(self, host: str, port: int) -> None:
+    class Frames:  # as urllib3's HTTP/2 connection: no response class, its own putheader
+        def putheader(self, header: str, *values: str) -> None:
             pass
 
-    assert issubclass(_counting(NoResponseClass), NoResponseClass)
+    assert _counting(Frames).putheader is Frames.putheader
+    assert _counting(WithOwn).putheader is wire.PlainHeaderLines.putheader
 
 
 LINES: dict[str, tuple[Any, ...]] = {
