@@ -5,8 +5,8 @@ Only urllib3's own extension points are used: ``ConnectionCls`` and the pool que
 counting; ``_get_conn`` / ``_put_conn`` for checkout accounting and connection lifetimes;
 ``_make_request`` for the one retry urllib3 cannot decide (see :mod:`poolclient.retry`);
 ``urlopen``, ``_get_conn``, ``_validate_conn`` and the connection's ``getresponse`` for the
-deadline; ``putheader`` and ``response_class`` for plain header lines written and read for less (see
-:mod:`poolclient.wire`). The HTTP itself is urllib3's, unchanged.
+deadline; ``putheader`` and ``response_class`` for plain header lines written and read for
+less (see :mod:`poolclient.wire`). The HTTP itself is urllib3's, unchanged.
 
 Expiry is checked when a connection is taken or returned, never by a background thread
 (what urllib3's maintainers asked for, urllib3 #1301 and #2498): an idle connection past
@@ -88,10 +88,9 @@ class PoolTimeoutError(EmptyPoolError, PoolClientError):
 
 
 if TYPE_CHECKING:
-    _ConnectionBase = HTTPConnection
     _PoolBase = HTTPConnectionPool
 else:
-    _ConnectionBase = _PoolBase = object
+    _PoolBase = object
 
 
 class _CountsConnects(PlainHeaderLines):
