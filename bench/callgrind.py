@@ -10,10 +10,11 @@ on`` then counts exactly the ``calls`` requests that follow, and ``-i off`` stop
 process ends. Counts vary by well under 1 % run to run (the network's timing changes which
 branches run).
 
-    python -m bench.callgrind [--calls 2000] [--pair openai]    # starts its own nginx
+    python -m bench.callgrind [--calls 2000] [--pair session|openai]    # starts its own nginx
 
-``--pair openai`` counts the OpenAI client on httpx2's own pool against the same client on
-poolclient's transport instead (issue 13's CPU per call, as instructions).
+``--pair session`` counts one shared ``requests.Session`` against ``.session()`` per request;
+``--pair openai`` the OpenAI client on httpx2's own pool against the same client on
+poolclient's transport (issue 13's CPU per call, as instructions).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.report import BASELINE, OPENAI_POOLED, OPENAI_SHARED, REQUEST
+from bench.report import BASELINE, OPENAI_POOLED, OPENAI_SHARED, REQUEST, SESSION, SHARED
 
 if TYPE_CHECKING:
     from bench.run import Upstream
@@ -38,12 +39,15 @@ if TYPE_CHECKING:
 MEASURED = {
     BASELINE: ("bare_urllib3", False),
     REQUEST: ("poolclient_request", True),
+    SHARED: ("shared_session", False),
+    SESSION: ("poolclient_session", True),
     OPENAI_SHARED: ("openai_shared", False),
     OPENAI_POOLED: ("openai_poolclient", True),
 }
-# What each comparison sets against what: issue 16's bar, and issue 13's CPU per call as
-# instructions (the same calls, one process, no other load on the cores).
-PAIRS = {"request": (BASELINE, REQUEST), "openai": (OPENAI_SHARED, OPENAI_POOLED)}
+# What each comparison sets against what: issue 16's bar, its .session() peer, and issue
+# 13's CPU per call as instructions (the same calls, one process, no other load on the cores).
+PAIRS = {"request": (BASELINE, REQUEST), "session": (SHARED, SESSION),
+         "openai": (OPENAI_SHARED, OPENAI_POOLED)}
 # An OpenAI call costs about eight requests' instructions: fewer of them count as much.
 SDK_SHARE = 4
 WARMUP = 200

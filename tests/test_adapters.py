@@ -401,3 +401,65 @@ def test_session_sees_a_proxy_variable_set_after_its_first_request(registry, mon
         session.trust_env = False
         monkeypatch.delenv("no_proxy")
         assert session.merge_environment_settings(url, {}, None, True, None)["proxies"] == {}
+
+
+# (session headers, session params, request headers, request params): each way a merge can
+# go, the plain one (nothing on either side to merge or drop) first.
+MERGES = [
+    (None, None, None, None),
+    ({"X-Session": "s"}, {"s": "1"}, None, None),
+    ({"Accept-Encoding": None}, {"s": None}, None, None),  # dropped by the merge
+    (None, None, {"X-Call": "c"}, {"c": "2"}),
+    ({"X-Session": "s"}, {"s": "1"}, {"X-Session": "call", "X-Other": None}, [("c", "2")]),
+    (None, {"s": "1"}, None, "raw=1"),
+]
+
+
+@pytest.mark.parametrize("merge", MERGES, ids=range(len(MERGES)))
+def test_prepared_requests_are_requests_own(registry, merge):
+    """A .session() prepares each request as requests' own Session does, however the
+    session's and the request's headers and params merge; the caller's Request is left as
+    it was."""
+    session_headers, session_params, headers, params = merge
+    plain = requests.Session()
+    with registry.session() as pooled:
+        for session in (plain, pooled):
+            session.headers.update(session_headers or {})
+            session.params.update(session_params or {})
+            session.cookies.set("jar", "1")
+        for url in ("https://api.test/items", "https://api.test/items?x=1#f"):
+            prepared = []
+            for session in (plain, pooled):
+                request = requests.Request("GET", url, headers=headers, params=params,
+                                           cookies={"call": "2"})
+                before = vars(request).copy()
+                p = session.prepare_request(request)
+                assert vars(request) == before
+                prepared.append((p.method, p.url, list(p.headers.items()), p.body,
+                                 sorted(p.hooks)))
+            assert prepared[0] == prepared[1], url
+
+
+def test_a_plain_session_request_skips_requests_protocol_checks(registry, upstream,
+                                                               monkeypatch):
+    """Where nothing is to merge, a .session() request reaches requests' merge_setting with
+    one side None: none of its to_key_val_list calls (each an isinstance check against a
+    typing Protocol, slow before Python 3.12) for headers, params or proxies. requests' own
+    Session makes six; a session with headers of its own merges them as requests does."""
+    calls: list[object] = []
+    real = requests.sessions.to_key_val_list
+    monkeypatch.setattr(requests.sessions, "to_key_val_list",
+                        lambda value: calls.append(value) or real(value))
+    with requests.Session() as plain:
+        plain.get(upstream.url + "/headers", verify=upstream.ca).raise_for_status()
+    assert len(calls) == 6
+    del calls[:]
+    with registry.session() as pooled:
+        answer = pooled.get(upstream.url + "/headers")
+        assert answer.json()["headers"]["User-Agent"].startswith("python-requests/")
+        assert calls == []
+        pooled.headers["X-Team"] = "bench"
+        answer = pooled.get(upstream.url + "/headers", headers={"X-Call": "1"})
+    seen = answer.json()["headers"]
+    assert (seen["X-Team"], seen["X-Call"]) == ("bench", "1")
+    assert len(calls) == 2  # the headers' merge, requests' way
