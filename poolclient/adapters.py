@@ -28,8 +28,6 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH, default_headers, select_proxy
 from . import retry
 from .pool import CountedPool
 
-_PLAIN_SETTINGS = (dict, OrderedDict, CaseInsensitiveDict)
-
 if TYPE_CHECKING:
     from requests.models import PreparedRequest
     from urllib3 import PoolManager
@@ -234,6 +232,9 @@ class PooledSession(requests.Session):
 # instructions there (callgrind). Where one side is empty and the other holds no None
 # (which the merge would drop), the merge is the other side as it is; merge_setting()
 # returns it unchecked when the empty side is given as None.
+_PLAIN_SETTINGS = (dict, OrderedDict, CaseInsensitiveDict)
+
+
 def _as_given(setting: Any) -> bool:
     """Whether ``setting`` (a dict or requests' ``CaseInsensitiveDict``) is what merging
     it with an empty one gives."""

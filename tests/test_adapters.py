@@ -444,15 +444,16 @@ def test_a_plain_session_request_skips_requests_protocol_checks(registry, upstre
                                                                monkeypatch):
     """Where nothing is to merge, a .session() request reaches requests' merge_setting with
     one side None: none of its to_key_val_list calls (each an isinstance check against a
-    typing Protocol, slow before Python 3.12) for headers, params or proxies. requests' own
-    Session makes six; a session with headers of its own merges them as requests does."""
+    typing Protocol, slow before Python 3.12) for headers, params or proxies, where
+    requests' own Session makes them; a session with headers of its own merges them as
+    requests does."""
     calls: list[object] = []
     real = requests.sessions.to_key_val_list
     monkeypatch.setattr(requests.sessions, "to_key_val_list",
                         lambda value: calls.append(value) or real(value))
     with requests.Session() as plain:
         plain.get(upstream.url + "/headers", verify=upstream.ca).raise_for_status()
-    assert len(calls) == 6
+    assert calls  # six in requests 2.34
     del calls[:]
     with registry.session() as pooled:
         answer = pooled.get(upstream.url + "/headers")
