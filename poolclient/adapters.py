@@ -180,12 +180,12 @@ class PooledSession(requests.Session):
             return super().request(method, url, *args, **kwargs)
 
     def prepare_request(self, request: requests.Request) -> PreparedRequest:
-        """As requests' own. Where the request brings no headers of its own (or no
-        params) and the session's hold no ``None`` to drop, the merge is the session's as
-        they are, and requests is given that to take without its checks (see
-        ``_as_given``)."""
-        headers = not request.headers and _as_given(self.headers)
-        params = not request.params and _as_given(self.params)
+        """As requests' own. Where the request brings no headers (or no params) of its
+        own (``_nothing``) and the session's hold no ``None`` to drop (``_as_given``), the
+        merge is the session's as they are, and requests is given that to take without its
+        checks."""
+        headers = _nothing(request.headers) and _as_given(self.headers)
+        params = _nothing(request.params) and _as_given(self.params)
         if headers or params:
             request = copy.copy(request)  # the caller's stays as it was
             if headers:
@@ -240,6 +240,12 @@ def _as_given(setting: Any) -> bool:
     it with an empty one gives."""
     return (type(setting) in _PLAIN_SETTINGS
             and not any(value is None for value in setting.values()))
+
+
+def _nothing(setting: Any) -> bool:
+    """Whether a request's ``setting`` leaves the session's as they are: none, or an empty
+    dict (an empty list or string is not merged: requests then ignores the session's)."""
+    return setting is None or (type(setting) in _PLAIN_SETTINGS and not setting)
 
 
 def _environment_bundles() -> tuple[str, ...]:

@@ -412,6 +412,7 @@ MERGES = [
     (None, None, {"X-Call": "c"}, {"c": "2"}),
     ({"X-Session": "s"}, {"s": "1"}, {"X-Session": "call", "X-Other": None}, [("c", "2")]),
     (None, {"s": "1"}, None, "raw=1"),
+    ({"X-Session": "s"}, {"s": "1"}, [], ""),  # empty, not mappings: the session's unused
 ]
 
 
