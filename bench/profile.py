@@ -22,7 +22,9 @@ import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="a contender to profile instead")
     parser.add_argument("--scenario", default="a-ca", help="whose upstream and CA (a, b, ...)")
     parser.add_argument("--only", action="append", default=[], help="a contender (repeatable)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads sharing each sample's calls, as a gthread worker's do")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="poolclient-profile-") as tmp:
         work = Path(tmp)
@@ -96,15 +100,35 @@ def _measure(args: argparse.Namespace) -> int:
     for _ in range(args.samples):  # interleaved, as the load benchmark is
         for name, app in apps.items():
             started = time.process_time()
-            for _ in range(args.calls):
-                call(app)
+            _run(call, app, args.calls, args.threads)
             samples[name].append((time.process_time() - started) / args.calls * 1e6)
     base = statistics.median(samples[BASELINE])
-    print(f"CPU per request, median of {args.samples} x {args.calls} calls (one thread):")
+    print(f"CPU per request, median of {args.samples} x {args.calls} calls "
+          f"({args.threads} thread{'s' if args.threads > 1 else ''}):")
     for name, values in samples.items():
         us = statistics.median(values)
         print(f"  {name:36} {us:8.1f} us   {us / base:5.2f}x bare urllib3")
     return 0
+
+
+def _run(call: Callable[[Any], None], app: Any, calls: int, threads: int) -> None:
+    if threads == 1:
+        for _ in range(calls):
+            call(app)
+        return
+    # Started together, so the threads contend for the GIL and the pool as a worker's do.
+    start = threading.Barrier(threads)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(calls // threads):
+            call(app)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ they should. Everything else on the wire is http.client's and urllib3's, unchang
   plain line (an ASCII name, one ``str`` value without CR or LF) is checked by one pattern
   and written byte for byte as http.client writes it; anything else goes their way, to
   the same checks and errors.
+- **Sent.** urllib3 writes the header block, then the body: two TLS records, two system
+  calls, and an upstream woken twice for one request, where an SDK's JSON body is a few
+  hundred bytes. A connected socket given a ``bytes`` body up to one TLS record (16 KiB)
+  gets both in one write, as ``http.client``'s own ``request()`` does; the bytes are the
+  same.
 
 ``tests/test_wire.py`` holds both equal to the long way.
 """
@@ -27,7 +32,7 @@ from __future__ import annotations
 import email.parser
 import http.client
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from urllib3.util import SKIP_HEADER
 
@@ -46,6 +51,7 @@ _READ_ON = re.compile(rb"content-type:[ \t]*(multipart|message)/", re.IGNORECASE
 # a value it would not refuse, narrowed to one without CR or LF.
 _SENDABLE = re.compile(r"[^:\s][^:\r\n]*: [^\r\n]*")
 _STARTED = "Request-started"  # http.client's state between putrequest and endheaders
+_JOINED = 2**14  # the largest body sent in one write with its header block
 
 
 def parse_lines(lines: list[bytes]) -> http.client.HTTPMessage:
@@ -128,6 +134,48 @@ class PlainHeaderLines(_Connection):
     :class:`FastHeaderResponse` as their ``response_class``."""
 
     response_class = FastHeaderResponse
+    _hold_next = False  # the next send() is the header block: hold it for the body
+    _held: bytes | None = None
+    _joins_body = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class that sends its own way keeps its way: botocore's waits for a 100 Continue
+        # between the header block and the body, urllib3's HTTP/2 one writes frames.
+        # (A mixin without them yet is judged again in the class that has them.)
+        stock = http.client.HTTPConnection
+        cls._joins_body = cls.send is PlainHeaderLines.send and all(
+            getattr(cls, name, getattr(stock, name)) is getattr(stock, name)
+            for name in ("_send_output", "endheaders"))
+
+    def request(self, method: str, url: str, body: Any = None,
+                headers: Any = None, **options: Any) -> None:
+        # Only on a connected socket: a first send that connects (http.client's auto_open)
+        # stays the plain one.
+        if (type(body) is bytes and 0 < len(body) <= _JOINED and self.sock is not None
+                and self._joins_body):
+            self._hold_next = True
+        try:
+            super().request(method, url, body, headers, **options)
+        finally:
+            self._hold_next = False
+            held, self._held = self._held, None
+        if held is not None:  # no body was sent after all
+            super().send(held)
+
+    def send(self, data: Any) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if type(data) is bytes:
+                data = held + data
+            else:
+                super().send(held)
+        elif self._hold_next and type(data) is bytes:
+            self._hold_next = False
+            self._held = data
+            return
+        super().send(data)
 
     def putheader(self, header: str, *values: str) -> None:  # type: ignore[override]  # as urllib3
         if len(values) == 1 and type(header) is str and header.isascii():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import email.parser
 import http.client
 import io
+import socket
 from typing import Any
 
 import pytest
@@ -227,3 +228,61 @@ def test_a_plain_header_line_skips_the_long_way(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(http.client.HTTPConnection, "putheader", refuse)
     assert _written(OURS, "X-A", "1")[-1] == b"X-A: 1"
+
+
+class _OwnSend(OURS):  # type: ignore[misc, valid-type]
+    """Sends its own way, as botocore's connection does for ``Expect: 100-continue``."""
+
+    def send(self, data: Any) -> None:
+        super().send(data)
+
+
+def _sent(cls: type[urllib3.connection.HTTPConnection], body: bytes,
+          monkeypatch: pytest.MonkeyPatch, **options: Any) -> tuple[int, bytes]:
+    """How many writes a connected ``cls`` makes for a POST of ``body``, and what arrives."""
+    near, far = socket.socketpair()
+    writes = []
+    sendall = socket.socket.sendall
+    with monkeypatch.context() as patched:
+        patched.setattr(socket.socket, "sendall",
+                        lambda sock, data, *flags: writes.append(len(data)) or sendall(
+                            sock, data, *flags))
+        conn = cls("127.0.0.1", 1)
+        conn.sock = near
+        conn.request("POST", "/v1/chat", body=body, headers={"X-A": "1"}, **options)
+    near.shutdown(socket.SHUT_WR)
+    received = b"".join(iter(lambda: far.recv(65536), b""))
+    near.close()
+    far.close()
+    return len(writes), received
+
+
+SENT = {
+    "small body": (b'{"model":"m"}', {}),
+    "chunked": (b'{"model":"m"}', {"chunked": True}),
+    "one TLS record": (b"x" * 2**14, {}),
+}
+
+
+@pytest.mark.parametrize(("body", "options"), SENT.values(), ids=SENT.keys())
+def test_a_small_body_goes_in_one_write_with_its_header_block(
+        body: bytes, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    writes, received = _sent(OURS, body, monkeypatch, **options)
+    stock_writes, stock_received = _sent(urllib3.connection.HTTPConnection, body,
+                                         monkeypatch, **options)
+    assert received == stock_received
+    assert (writes, stock_writes) == (stock_writes - 1, 3 if options else 2)
+
+
+@pytest.mark.parametrize("body", [b"", b"x" * (2**14 + 1)], ids=["empty", "beyond a record"])
+def test_no_body_or_a_large_one_is_sent_as_urllib3_sends_it(
+        body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _sent(OURS, body, monkeypatch) == _sent(
+        urllib3.connection.HTTPConnection, body, monkeypatch)
+
+
+def test_a_class_that_sends_its_own_way_keeps_the_two_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not _OwnSend._joins_body
+    assert _sent(_OwnSend, b"{}", monkeypatch) == _sent(
+        urllib3.connection.HTTPConnection, b"{}", monkeypatch)
