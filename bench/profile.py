@@ -2,9 +2,10 @@
 
 Use it to find what a change costs before ``make bench`` measures it under load: each
 contender app (the poolclient ones wrapped in the middleware, as the gunicorn hooks wrap
-them, with multiprocess metrics on, as under gunicorn) is called from one thread against
-the same nginx TLS upstream as the benchmark, and the process's CPU time is divided by the
-calls. ``--profile NAME`` prints where one contender's time goes (cProfile, by own time).
+them, with multiprocess metrics on, as under gunicorn) is called from one thread (or
+``--threads N``, sharing the calls as a gthread worker's threads do) against the same nginx
+TLS upstream as the benchmark, and the process's CPU time is divided by the calls.
+``--profile NAME`` prints where one contender's time goes (cProfile, by own time).
 
     python -m bench.profile [--calls 3000] [--profile 'poolclient .request()'] [--scenario b]
 
@@ -100,8 +101,8 @@ def _measure(args: argparse.Namespace) -> int:
     for _ in range(args.samples):  # interleaved, as the load benchmark is
         for name, app in apps.items():
             started = time.process_time()
-            _run(call, app, args.calls, args.threads)
-            samples[name].append((time.process_time() - started) / args.calls * 1e6)
+            made = _run(call, app, args.calls, args.threads)
+            samples[name].append((time.process_time() - started) / made * 1e6)
     base = statistics.median(samples[BASELINE])
     print(f"CPU per request, median of {args.samples} x {args.calls} calls "
           f"({args.threads} thread{'s' if args.threads > 1 else ''}):")
@@ -111,11 +112,12 @@ def _measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(call: Callable[[Any], None], app: Any, calls: int, threads: int) -> None:
+def _run(call: Callable[[Any], None], app: Any, calls: int, threads: int) -> int:
+    """The calls made: ``calls``, rounded down to a multiple of ``threads``."""
     if threads == 1:
         for _ in range(calls):
             call(app)
-        return
+        return calls
     # Started together, so the threads contend for the GIL and the pool as a worker's do.
     start = threading.Barrier(threads)
 
@@ -129,6 +131,7 @@ def _run(call: Callable[[Any], None], app: Any, calls: int, threads: int) -> Non
         thread.start()
     for thread in workers:
         thread.join()
+    return calls // threads * threads
 
 
 if __name__ == "__main__":
