@@ -195,6 +195,16 @@ def inherited_policy(value: object) -> str:
     raise ValueError("expected warn or fail")
 
 
+LOOP_CALL_POLICIES = ("warn", "error", "off")
+
+
+def loop_calls_policy(value: object) -> str:
+    """warn, error or off."""
+    if isinstance(value, str) and value.strip().lower() in LOOP_CALL_POLICIES:
+        return value.strip().lower()
+    raise ValueError("expected warn, error or off")
+
+
 def ca_bundle(value: object) -> str | None:
     """Unset, or the path of a readable PEM file holding at least one certificate."""
     if value is None or value == "":
@@ -388,6 +398,18 @@ class Settings:
         "pool owns (a client made and used in the master before the fork, under "
         "--preload): warn names each one (WARNING on the poolclient logger, /health, "
         "/metrics); fail also stops the worker's boot, for CI.",
+    )
+    loop_calls: str = _setting(
+        "POOLCLIENT_LOOP_CALLS",
+        "warn",
+        loop_calls_policy,
+        "What a sync call through the pools (.request(), a .session(), a sync SDK client) "
+        "does when made on the thread of a running asyncio event loop, where it stops "
+        "every request of the worker, and under gunicorn's asgi worker its heartbeat, until "
+        "it returns: warn names the call site once (WARNING on the poolclient logger) and "
+        "the async way to make the call; error raises LoopBlockingError before anything is "
+        "sent, for CI; off checks nothing. Calls from threads (Starlette's plain def "
+        "endpoints, asyncio.to_thread) are never affected.",
     )
     server_timing: bool = _setting(
         "POOLCLIENT_SERVER_TIMING",

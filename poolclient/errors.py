@@ -34,3 +34,22 @@ class ForkSafetyError(PoolClientError, RuntimeError):
             f"process {pid}: could not take the registry lock after a fork that "
             "skipped os.register_at_fork handlers; another thread held it at fork time"
         )
+
+
+class LoopBlockingError(PoolClientError, RuntimeError):
+    """A sync call through the pools was made on the thread of a running asyncio event loop
+    (``POOLCLIENT_LOOP_CALLS=error``); raised before anything is sent."""
+
+    def __init__(self, site: str, origin: str) -> None:
+        self.site = site
+        self.origin = origin
+        super().__init__(
+            f"a blocking HTTP call to {origin} on the thread of a running asyncio event "
+            f"loop, at {site}: it stops every request of this worker until it returns. "
+            "Make it async (httpx2.AsyncClient(transport=registry.httpx2_async_transport())) "
+            "or run it in a thread (await asyncio.to_thread(...)); POOLCLIENT_LOOP_CALLS=error "
+            "made this an error"
+        )
+
+    def __reduce__(self) -> tuple[type[LoopBlockingError], tuple[str, str]]:
+        return (type(self), (self.site, self.origin))

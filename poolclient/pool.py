@@ -36,7 +36,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
-from . import metrics, retry
+from . import loopcheck, metrics, retry
 from .errors import PoolClientError
 from .stats import PoolSnapshot, PoolStats
 from .tls import HTTP11Connection, ResumingConnection, ResumingPool
@@ -382,6 +382,7 @@ class CountedPool(_PoolBase):
         chunked: bool = False, body_pos: Any = None, preload_content: bool = True,
         decode_content: bool = True, **response_kw: Any,
     ) -> BaseHTTPResponse:
+        loopcheck.check(self)  # a sync call on an event loop's thread: POOLCLIENT_LOOP_CALLS
         # Every attempt, retries and redirects included, comes through here: start the
         # deadline if the caller did not, and after a retry's backoff give up if it passed.
         # (begin and end, not ``with retry.deadline``: see there.)

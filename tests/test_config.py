@@ -116,6 +116,7 @@ GOOD_ENV = [
     pytest.param("POOLCLIENT_ORIGIN_LIMITS", "https://a.example maxsize=8",
                  "https://a.example:443 maxsize=8", id="origin_limits"),
     pytest.param("POOLCLIENT_SERVE_ENDPOINTS", "no", False, id="serve_endpoints"),
+    pytest.param("POOLCLIENT_LOOP_CALLS", " Error ", "error", id="loop_calls"),
 ]
 
 
@@ -237,6 +238,7 @@ BAD_ENV = [
     pytest.param("POOLCLIENT_ORIGIN_LIMITS", "https://a.example maxsize=x", "maxsize",
                  id="origin_limits-bad"),
     pytest.param("POOLCLIENT_SERVE_ENDPOINTS", "2", "true/false", id="serve_endpoints-bad"),
+    pytest.param("POOLCLIENT_LOOP_CALLS", "raise", "warn, error or off", id="loop_calls-bad"),
 ]
 
 
