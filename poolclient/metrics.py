@@ -120,7 +120,8 @@ class PrometheusSink:
         self._retried = families["retried"].labels(*labels)
         self._opened = families["opened"].labels(*labels)
         self._closed = {reason: families["closed"].labels(*labels, reason)
-                        for reason in ("expired", "retired", "discarded", "unread")}
+                        for reason in ("expired", "retired", "discarded", "unread",
+                                      "cancelled", "abandoned")}
         self._errors = families["errors"]
         self._labels = labels
         self._waits = families["waits"].labels(*labels)

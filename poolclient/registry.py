@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse
 
     from .adapters import PoolAdapter
+    from .aio.pools import LoopPools, ProcessPools
 
 _NO_VERIFY = ("CERT_NONE", 0)
 _OWN_TRUST = ("ca_certs", "ca_cert_dir", "ca_cert_data", "ssl_context")
@@ -187,6 +188,7 @@ class Registry:
                                               read=self.settings.read_timeout)
         self._lock = threading.Lock()
         self._state: _ProcessPools | None = None
+        self._aio: ProcessPools | None = None  # the async pools, once a loop has called
         _fork.track(self)
 
     def __repr__(self) -> str:
@@ -231,6 +233,25 @@ class Registry:
         if inherited is not None and inherited.pid != os.getpid():
             inherited.abandon()
             _fork.bury(inherited)
+        aio, self._aio = self._aio, None
+        if aio is not None and aio.pid != os.getpid():
+            self._abandoned = aio.forget_after_fork()
+            _fork.bury(aio)
+
+    _abandoned = 0  # connections of async pools inherited across a fork, dropped
+
+    def loop_pools(self) -> LoopPools:
+        """This process's async pools for the running event loop (:mod:`poolclient.aio`),
+        built on first use in each process and loop."""
+        aio = self._aio
+        if aio is None or aio.pid != os.getpid():
+            with self._lock:
+                aio = self._aio
+                if aio is None or aio.pid != os.getpid():
+                    from .aio.pools import ProcessPools
+
+                    aio = self._aio = ProcessPools(self.settings, self.maxsize)
+        return aio.for_running_loop()
 
     def request(
         self, method: str, url: str, *, deadline: float | None = None, **kw: Any
@@ -300,6 +321,34 @@ class Registry:
 
         return PoolTransport(self, deadline=deadline, connect_retries=connect_retries)
 
+    def httpx2_async_transport(self, *, deadline: float | None = None,
+                               connect_retries: int | None = None,
+                               verify: Any = None) -> httpx2.AsyncBaseTransport:
+        """An ``httpx2`` async transport on the async pools, for ``AsyncOpenAI`` and
+        ``AsyncAnthropic``::
+
+            openai.AsyncOpenAI(http_client=httpx2.AsyncClient(
+                transport=pool.httpx2_async_transport()))
+
+        Safe to build at import: each request uses the pools of the process and event loop
+        it runs on. Closing it (or the client) closes nothing shared. Arguments as
+        :meth:`httpx2_transport`, and ``verify`` (see :class:`poolclient.aio.transport.
+        AsyncTransport`)."""
+        from .aio.httpx2 import AsyncPoolTransport
+
+        return AsyncPoolTransport(self, deadline=deadline, connect_retries=connect_retries,
+                                  verify=verify)
+
+    def httpx_async_transport(self, *, deadline: float | None = None,
+                              connect_retries: int | None = None,
+                              verify: Any = None) -> httpx.AsyncBaseTransport:
+        """An ``httpx`` async transport on the async pools: ``httpx.AsyncClient(transport=
+        ...)``; arguments as :meth:`httpx2_async_transport`."""
+        from .aio.httpx import AsyncPoolTransport
+
+        return AsyncPoolTransport(self, deadline=deadline, connect_retries=connect_retries,
+                                  verify=verify)
+
     def pool_manager(self, **connection_pool_kw: Any) -> PoolManager:
         """A urllib3 ``PoolManager`` on the shared pools, for code that holds one (the
         Kubernetes client, google-auth's ``AuthorizedHttp``); takes ``PoolManager``'s
@@ -316,23 +365,45 @@ class Registry:
 
     def stats(self) -> RegistrySnapshot:
         """Counters of every pool this process has, now."""
-        state = self._state
-        pools: tuple[PoolSnapshot, ...] = ()
-        if state is not None and state.pid == os.getpid():
-            pools = tuple(p.snapshot() for p in state.live_pools())
-        return RegistrySnapshot(pid=os.getpid(), pools=pools)
+        state, aio, pid = self._state, self._aio, os.getpid()
+        pools: list[PoolSnapshot] = []
+        if state is not None and state.pid == pid:
+            pools = [p.snapshot() for p in state.live_pools()]
+        abandoned = self._abandoned
+        if aio is not None and aio.pid == pid:
+            pools += aio.snapshots()
+            abandoned += aio.abandoned
+        return RegistrySnapshot(pid=pid, pools=tuple(pools), abandoned=abandoned)
 
     def close(self) -> bool:
         """Close this process's pools; a later call builds new ones.
 
+        Async pools are closed on their loop if it still runs, and dropped without a write
+        if it has closed (gunicorn's ``worker_exit`` runs after the worker's loop closed).
         Does nothing in any process but the one that created them, so it is safe in hooks
         that may run in gunicorn's master. Returns whether anything was closed.
         """
-        state = self._state
-        if state is None or state.pid != os.getpid():
+        state, aio, pid = self._state, self._aio, os.getpid()
+        closed = False
+        if aio is not None and aio.pid == pid:
+            aio.close()
+            closed = True
+        if state is not None and state.pid == pid:
+            self._state = None
+            state.close()
+            closed = True
+        return closed
+
+    async def aclose(self) -> bool:
+        """Close this process's async pools of the running event loop (ASGI lifespan
+        shutdown does); a later call on the loop builds new ones. Whether any were open."""
+        aio = self._aio
+        if aio is None or aio.pid != os.getpid():
             return False
-        self._state = None
-        state.close()
+        pools = aio.pop_running_loop()
+        if pools is None:
+            return False
+        await pools.aclose()
         return True
 
 

@@ -23,17 +23,19 @@ def health_document(
     their totals, a ``connections`` check per pool that warns when every connection is
     in use, and the connections it inherited that no pool owns (a warning too)."""
     shared = [conn.as_dict() for conn in inherited]
-    checks = {
-        f"{pool.host}:{pool.port}:connections": [{
+    # One entry per pool; an origin may have a sync pool and an async one per event loop.
+    checks: dict[str, list[dict[str, object]]] = {}
+    for pool in snapshot.pools:
+        checks.setdefault(f"{pool.host}:{pool.port}:connections", []).append({
             "componentId": f"{pool.scheme}://{pool.host}:{pool.port}",
             "componentType": "component",
+            "kind": pool.kind,
             "observedValue": pool.in_use,
             "observedUnit": f"in use of {pool.maxsize}",
             "status": "warn" if pool.in_use >= pool.maxsize else "pass",
-        }]
-        for pool in snapshot.pools
-    }
-    warn = any(c[0]["status"] == "warn" for c in checks.values()) or bool(shared)
+        })
+    warn = any(c["status"] == "warn" for entries in checks.values() for c in entries)
+    warn = warn or bool(shared)
     document: dict[str, object] = {
         "status": "warn" if warn else "pass",
         "pid": snapshot.pid,
@@ -41,6 +43,7 @@ def health_document(
         "totals": snapshot.totals(),
         "checks": checks,
         "inherited_connections": shared,
+        "abandoned_connections": snapshot.abandoned,
     }
     if settings is not None:
         document["settings"] = dict(settings)

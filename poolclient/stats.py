@@ -44,6 +44,8 @@ class PoolSnapshot:
     retried: int
     streaming: int = 0
     unread: int = 0
+    cancelled: int = 0
+    kind: str = "sync"  # or "async": one pool per origin and event loop (poolclient.aio)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,11 +57,15 @@ class RegistrySnapshot:
 
     pid: int
     pools: tuple[PoolSnapshot, ...]
+    #: Connections of async pools dropped unclosed because their event loop closed or the
+    #: process forked (never written on: see poolclient.aio.pools).
+    abandoned: int = 0
 
     def totals(self) -> dict[str, int]:
         """Counters summed over all pools (``maxsize`` excluded)."""
         names = ("connections_opened", "requests", "reused", "in_use", "idle", "waits",
-                 "discarded", "errors", "expired", "retired", "retried", "streaming", "unread")
+                 "discarded", "errors", "expired", "retired", "retried", "streaming", "unread",
+                 "cancelled")
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
@@ -121,6 +127,7 @@ class PoolStats:
         self._retried = 0
         self._streaming = 0
         self._unread = 0
+        self._cancelled = 0
         # For the sink (kept only when there is one): what the last batch had reached,
         # so that a batch's counts are the counters' differences, and what only the
         # batches carry.
@@ -136,7 +143,7 @@ class PoolStats:
             f"reused={self._reused} in_use={self._in_use} waits={self._waits} "
             f"discarded={self._discarded} errors={self._errors} expired={self._expired} "
             f"retired={self._retired} retried={self._retried} streaming={self._streaming} "
-            f"unread={self._unread}>"
+            f"unread={self._unread} cancelled={self._cancelled}>"
         )
 
     def opened(self) -> None:
@@ -255,6 +262,22 @@ class PoolStats:
         if self.sink is not None:
             self.sink.closed("unread")
 
+    def cancelled_one(self) -> None:
+        """A task was cancelled while it waited for a connection or read a response (its
+        client went away, say): the connection, if it had one, was closed, never returned
+        with a response half-read."""
+        with self._lock:
+            self._cancelled += 1
+        if self.sink is not None:
+            self.sink.closed("cancelled")
+
+    def abandoned(self, n: int) -> None:
+        """``n`` connections were dropped unclosed, never written on again: their event
+        loop had closed (poolclient.aio)."""
+        if self.sink is not None:
+            for _ in range(n):
+                self.sink.closed("abandoned")
+
     def retired_one(self) -> None:
         """A connection was closed because it had lived longer than allowed."""
         with self._lock:
@@ -269,7 +292,7 @@ class PoolStats:
         if self.sink is not None:
             self.sink.retried()
 
-    def snapshot(self, scheme: str, host: str, port: int) -> PoolSnapshot:
+    def snapshot(self, scheme: str, host: str, port: int, kind: str = "sync") -> PoolSnapshot:
         """The counters now, and ``idle`` read from the queue, under one lock."""
         with self._lock:
             return PoolSnapshot(
@@ -290,6 +313,8 @@ class PoolStats:
                 retried=self._retried,
                 streaming=self._streaming,
                 unread=self._unread,
+                cancelled=self._cancelled,
+                kind=kind,
             )
 
 

@@ -1,0 +1,223 @@
+"""httpcore2's network backend, wrapped so that a pool knows its connections.
+
+httpcore2 keeps its connections to itself (its maintainers declined pool statistics,
+encode/httpcore #508). Its documented extension point is the network backend: every
+connection it opens is a stream this module hands out. Through it a pool gets, without
+touching httpcore2's private state:
+
+- the count of connections opened (after TCP, and after TLS for https);
+- connect retries with full-jitter backoff, never past the call's deadline: nothing has
+  been sent on a connection that was never opened, so any method may retry;
+- a connection lifetime: an idle stream past ``max_lifetime`` says it is readable, which is
+  how httpcore2 learns that a server closed an idle connection, so httpcore2 closes it
+  itself before reuse (counted as retired);
+- the reason a connection closed (idle too long, too old), for the counters;
+- each live stream's socket, so that a pool left by a fork or a closed event loop can
+  release its file descriptors without writing a byte (see :mod:`.pools`);
+- TLS session resumption: the pool's context offers the last session it kept (see
+  :class:`SessionCache`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import ssl
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import httpcore2
+from httpcore2 import AnyIOBackend, AsyncNetworkBackend, AsyncNetworkStream
+
+if TYPE_CHECKING:
+    from ..stats import PoolStats
+
+
+class CallLimits:
+    """What the call being sent allows its connects: retries, backoff, an absolute deadline.
+
+    Set per call in a context variable by :meth:`.pool.AsyncPool.send`: httpcore2 connects
+    inside the task that sends the request, so the backend sees the call's own limits."""
+
+    __slots__ = ("backoff", "deadline_at", "retries")
+
+    def __init__(self, retries: int, backoff: float, deadline_at: float | None) -> None:
+        self.retries = retries
+        self.backoff = backoff
+        self.deadline_at = deadline_at
+
+
+current_call: ContextVar[CallLimits | None] = ContextVar("poolclient_aio_call", default=None)
+
+
+class SessionCache:
+    """One TLS session per pool, offered to each new connection of that pool.
+
+    ``ssl.SSLContext.wrap_bio`` (what asyncio's and anyio's TLS use) takes a ``session``;
+    the context's ``sslobject_class`` builds the object, so a subclass that fills in the
+    kept session is the one hook needed. A session is kept after a full handshake, and for
+    the hostname it was verified for only (OpenSSL would resume it under another name and
+    then verify none)."""
+
+    def __init__(self, context: ssl.SSLContext, resume: bool = True) -> None:
+        self.context = context
+        self.resume = resume
+        self.sessions: dict[str | None, ssl.SSLSession] = {}
+        if not resume:  # a caller's own context: not ours to alter
+            return
+        cache = self
+
+        class _Offering(ssl.SSLObject):
+            @classmethod
+            def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                        server_side: bool = False, server_hostname: str | None = None,
+                        session: ssl.SSLSession | None = None,
+                        context: ssl.SSLContext | None = None) -> ssl.SSLObject:
+                if session is None and not server_side:
+                    session = cache.sessions.get(server_hostname)
+                return super()._create(  # type: ignore[misc, no-any-return]
+                    incoming, outgoing, server_side, server_hostname, session=session,
+                    context=context)
+
+        context.sslobject_class = _Offering
+
+    def keep(self, ssl_object: ssl.SSLObject | None) -> None:
+        """Keep the session of a connection that made a full handshake."""
+        if not self.resume or ssl_object is None or ssl_object.session_reused:
+            return
+        session = ssl_object.session
+        if session is not None and session.has_ticket:
+            self.sessions[ssl_object.server_hostname] = session
+
+
+class PoolStream(AsyncNetworkStream):
+    """One connection of a pool: httpcore2's stream, timed and counted."""
+
+    __slots__ = ("backend", "closed_as", "connected_at", "inner", "last_used", "requests")
+
+    def __init__(self, inner: AsyncNetworkStream, backend: CountingBackend) -> None:
+        self.inner = inner
+        self.backend = backend
+        self.connected_at = self.last_used = time.monotonic()
+        self.requests = 0  # responses received on it: 0 means the next one is its first
+        self.closed_as = ""  # set by the pool when it closed it for a reason of its own
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = await self.inner.read(max_bytes, timeout)
+        self.last_used = time.monotonic()
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self.inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        backend = self.backend
+        if backend.streams.pop(self, None) is not None:
+            backend.closing(self)
+        await self.inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> AsyncNetworkStream:
+        backend = self.backend
+        backend.streams.pop(self, None)
+        try:
+            tls = await self.inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            backend.stats.failed("tls")
+            raise
+        self.inner = tls
+        backend.streams[self] = None
+        backend.stats.opened()
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and (
+                time.monotonic() - self.connected_at >= self.backend.max_lifetime):
+            # httpcore2 asks this of an idle connection before reusing it: "readable"
+            # means the server closed it, and httpcore2 closes it (counted as retired).
+            self.closed_as = "retired"
+            return True
+        return self.inner.get_extra_info(info)
+
+    def release(self) -> None:
+        """Close this process's file descriptor of the socket, and nothing else: no TLS
+        close_notify, no shutdown, nothing written (see :mod:`.pools`)."""
+        sock = self.inner.get_extra_info("socket")
+        if sock is not None and sock.fileno() != -1:
+            os.close(sock.detach())
+
+
+class CountingBackend(AsyncNetworkBackend):
+    """The network backend of one pool: anyio's, counted, with connect retries."""
+
+    def __init__(self, stats: PoolStats, *, tls: bool, idle_timeout: float,
+                 max_lifetime: float) -> None:
+        self.inner = AnyIOBackend()
+        self.stats = stats
+        self.tls = tls
+        self.idle_timeout = idle_timeout
+        self.max_lifetime = max_lifetime
+        # Insertion-ordered and O(1) to remove: the pool's live connections.
+        self.streams: dict[PoolStream, None] = {}
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> AsyncNetworkStream:
+        call = current_call.get()
+        attempt = 0
+        while True:
+            try:
+                inner = await self.inner.connect_tcp(host, port, timeout, local_address,
+                                                     socket_options)
+                break
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                self.stats.failed("connect" if isinstance(exc, httpcore2.ConnectError)
+                                  else "timeout")
+                delay = _backoff(call, attempt)
+                if delay is None:
+                    raise
+                attempt += 1
+                self.stats.retried_one()
+                await asyncio.sleep(delay)
+        stream = PoolStream(inner, self)
+        self.streams[stream] = None
+        if not self.tls:
+            self.stats.opened()
+        return stream
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[Any] | None = None
+                                  ) -> AsyncNetworkStream:
+        raise httpcore2.UnsupportedProtocol("poolclient's async pools connect over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    def closing(self, stream: PoolStream) -> None:
+        """Count why a connection closes, where the pool chose to close it."""
+        now = time.monotonic()
+        if stream.closed_as == "retired":
+            self.stats.retired_one()
+        elif stream.requests and now - stream.last_used >= self.idle_timeout:
+            self.stats.expired_one()
+
+    def release_all(self) -> int:
+        """Release every live connection's descriptor without a write; how many there were."""
+        streams = list(self.streams)
+        self.streams.clear()
+        for stream in streams:
+            stream.release()
+        return len(streams)
+
+
+def _backoff(call: CallLimits | None, attempt: int) -> float | None:
+    """Seconds to wait before connect retry ``attempt + 1``, or ``None`` for no retry."""
+    if call is None or attempt >= call.retries:
+        return None
+    delay = random.uniform(0, call.backoff * 2 ** attempt)  # full jitter
+    if call.deadline_at is not None and time.monotonic() + delay >= call.deadline_at:
+        return None
+    return delay

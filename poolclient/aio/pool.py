@@ -1,0 +1,210 @@
+"""One origin's async pool: httpcore2's ``AsyncConnectionPool``, bounded, timed and counted.
+
+The HTTP is httpcore2's, unchanged: its pool assigns connections, queues callers, closes a
+connection whose exchange was cancelled or left half-read (never returning it to the pool)
+and expires idle ones. This module adds what poolclient's sync pools add, around it:
+
+- the settings: ``maxsize`` connections, the pool timeout, connect and read timeouts,
+  ``idle_timeout`` (httpcore2's keep-alive expiry), ``max_lifetime``, connect retries
+  with backoff (:mod:`.backend`), and the deadline, which bounds a call until its status
+  line (``asyncio.timeout``; a cancelled wait is httpcore2's to clean up) and then each
+  read by the read timeout;
+- the counters of :class:`~poolclient.stats.PoolStats`, the same as a sync pool's, plus
+  ``cancelled``: each call is checked out when it starts and checked in when its
+  response is closed, so ``in_use`` counts calls holding (or waiting for) a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+import httpcore2
+
+from .. import metrics
+from ..stats import PoolSnapshot, PoolStats
+from .backend import CallLimits, CountingBackend, PoolStream, SessionCache, current_call
+
+# asyncio.timeout_at is 3.11's, as httpcore2 is (mypy checks the package as 3.10).
+timeout_at: Callable[[float | None], AbstractAsyncContextManager[None]] = (
+    asyncio.timeout_at)  # type: ignore[attr-defined]
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..config import Settings
+
+
+class AsyncPool:
+    """The pool of one origin, in one process and one event loop.
+
+    Not thread-safe, like httpcore2's async pool: :mod:`.pools` gives each loop its own.
+    """
+
+    def __init__(self, scheme: str, host: str, port: int, *, settings: Settings,
+                 maxsize: int, pool_timeout: float, tls: SessionCache | None) -> None:
+        self.scheme, self.host, self.port = scheme, host, port
+        self.maxsize = maxsize
+        self.pool_timeout = pool_timeout
+        self.connect_timeout = settings.connect_timeout
+        self.read_timeout = settings.read_timeout
+        self.backoff = settings.backoff
+        self.connect_retries = settings.connect_retries
+        self.tls = tls
+        self.stats: PoolStats = PoolStats(maxsize, metrics.pool_sink(scheme, host, port),
+                                          self._idle)
+        self.backend = CountingBackend(self.stats, tls=tls is not None,
+                                       idle_timeout=settings.idle_timeout,
+                                       max_lifetime=settings.max_lifetime)
+        context: ssl.SSLContext | None = tls.context if tls is not None else None
+        self.engine = httpcore2.AsyncConnectionPool(
+            ssl_context=context, max_connections=maxsize, max_keepalive_connections=maxsize,
+            keepalive_expiry=settings.idle_timeout, http1=True, http2=False,
+            network_backend=self.backend)
+        self.in_flight = 0
+
+    def __repr__(self) -> str:
+        return (f"<AsyncPool {self.scheme}://{self.host}:{self.port} [in flight "
+                f"{self.in_flight}, connections {len(self.backend.streams)} of "
+                f"{self.maxsize}] {self.engine!r}>")
+
+    def _idle(self) -> int:
+        return sum(1 for conn in self.engine.connections if conn.is_idle())
+
+    async def send(self, request: httpcore2.Request, *, deadline: float | None,
+                   retries: int | None = None) -> tuple[httpcore2.Response, Exchange]:
+        """Send ``request``; its response, whose body the caller reads through the
+        :class:`Exchange` and must close. httpcore2's exceptions are raised as they are;
+        the deadline's as ``httpcore2.ReadTimeout``."""
+        timeouts = request.extensions.get("timeout") or {}
+        request.extensions["timeout"] = {
+            "connect": _given(timeouts.get("connect"), self.connect_timeout),
+            "read": _given(timeouts.get("read"), self.read_timeout),
+            "write": _given(timeouts.get("write"), self.read_timeout),
+            "pool": _given(timeouts.get("pool"), self.pool_timeout),
+        }
+        stats = self.stats
+        started = time.monotonic()
+        deadline_at = started + deadline if deadline is not None else None
+        token = current_call.set(CallLimits(
+            self.connect_retries if retries is None else retries, self.backoff, deadline_at))
+        waited = self.in_flight >= self.maxsize
+        if waited:
+            stats.waited()
+        self.in_flight += 1
+        stats.checked_out()
+        try:
+            async with timeout_at(_loop_time(deadline_at)):
+                response = await self.engine.handle_async_request(request)
+        except BaseException as exc:
+            self.in_flight -= 1
+            stats.checked_in()
+            if isinstance(exc, asyncio.CancelledError):
+                stats.cancelled_one()
+                raise
+            if isinstance(exc, TimeoutError):  # the deadline's own
+                stats.failed("deadline")
+                raise httpcore2.ReadTimeout(
+                    f"{self.scheme}://{self.host}:{self.port} did not answer within the "
+                    f"call's deadline of {deadline} s (POOLCLIENT_DEADLINE)") from exc
+            kind = _failure_kind(exc)
+            if kind is not None:
+                stats.failed(kind)
+            raise
+        finally:
+            current_call.reset(token)
+        stream = response.extensions.get("network_stream")
+        reused = False
+        if isinstance(stream, PoolStream):
+            reused = stream.requests > 0
+            if not reused and self.tls is not None:
+                self.tls.keep(stream.get_extra_info("ssl_object"))
+            stream.requests += 1
+        stats.attempted(reused, time.monotonic() - started)
+        stats.streamed()
+        return response, Exchange(self, response)
+
+    def snapshot(self) -> PoolSnapshot:
+        return self.stats.snapshot(self.scheme, self.host, self.port, kind="async")
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+        self.stats.publish()
+
+    def release(self) -> int:
+        """Drop every connection without a write (a fork, or a closed loop); how many."""
+        return self.backend.release_all()
+
+
+class Exchange:
+    """A response's body, read from httpcore2, and the end of its call's checkout: closed
+    once, whether read to the end, closed early (the connection is then closed by
+    httpcore2: counted as unread) or cancelled while reading."""
+
+    __slots__ = ("done", "finished", "pool", "response")
+
+    def __init__(self, pool: AsyncPool, response: httpcore2.Response) -> None:
+        self.pool = pool
+        self.response = response
+        self.done = False  # read to the end
+        self.finished = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_stream():
+                yield chunk
+        except asyncio.CancelledError:
+            await self._finish("cancelled")
+            raise
+        except Exception as exc:  # httpcore2 closed the connection; the caller maps exc
+            self.pool.stats.failed(_failure_kind(exc) or "other")
+            await self._finish("failed")
+            raise
+        self.done = True
+
+    async def aclose(self) -> None:
+        await self._finish("" if self.done else "unread")
+
+    async def _finish(self, how: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        pool = self.pool
+        try:
+            await self.response.aclose()
+        finally:
+            pool.in_flight -= 1
+            if how == "cancelled":
+                pool.stats.cancelled_one()
+            elif how == "unread":
+                pool.stats.unread_one()
+            pool.stats.checked_in(streamed=True)
+
+
+def _given(value: Any, default: float) -> Any:
+    return default if value is None else value
+
+
+def _loop_time(deadline_at: float | None) -> float | None:
+    if deadline_at is None:
+        return None
+    # asyncio.timeout_at takes the loop's clock, which is time.monotonic() in CPython's
+    # and uvloop's loops; converted anyway, for a loop with a clock of its own.
+    return asyncio.get_running_loop().time() + (deadline_at - time.monotonic())
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    if isinstance(exc, httpcore2.PoolTimeout):
+        return "pool_timeout"
+    if isinstance(exc, (httpcore2.ConnectError, httpcore2.ConnectTimeout)):
+        return None  # counted per attempt by the backend (TLS failures included)
+    if isinstance(exc, httpcore2.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpcore2.ProtocolError):
+        return "protocol"
+    if isinstance(exc, (httpcore2.NetworkError, OSError)):
+        return "other"
+    return None
