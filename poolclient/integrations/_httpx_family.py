@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from urllib3.exceptions import (
@@ -60,10 +60,14 @@ _CHUNK = 65536  # the most one read hands on; less when less has arrived
 _VERSIONS = {10: b"HTTP/1.0", 11: b"HTTP/1.1", 20: b"HTTP/2"}
 
 
-class HeaderLines(Mapping[str, str]):
-    """Request header lines in their order, repeats kept: urllib3 sends what ``items()``
-    gives, looks names up only to see which framing headers are there, and copies and
-    updates the headers with a pool's proxy headers (none here)."""
+class HeaderLines(MutableMapping[str, str]):
+    """Request header lines in their order, repeats kept, behaving as the mapping urllib3
+    documents for ``headers`` (its ``HTTPHeaderDict``): names case-insensitive, a repeated
+    name's values joined by ``", "``, setting a name replaces its lines (where its first
+    one was), deleting one removes them all. urllib3 sends what ``items()`` gives, the lines
+    themselves: no copy, since that is every request's path. Code between the transport and
+    urllib3 may change the headers: OpenTelemetry's urllib3 instrumentation copies them and
+    sets ``traceparent``, another wrapper of ``urlopen`` may set its own."""
 
     __slots__ = ("lines",)
 
@@ -71,17 +75,54 @@ class HeaderLines(Mapping[str, str]):
         self.lines = lines
 
     def __getitem__(self, name: str) -> str:
-        folded = name.lower()
+        folded = _folded(name)
         values = [value for key, value in self.lines if key.lower() == folded]
         if not values:
             raise KeyError(name)
         return ", ".join(values)
 
+    def __setitem__(self, name: str, value: str) -> None:
+        folded = name.lower()
+        lines = self.lines
+        for i, (key, _) in enumerate(lines):
+            if key.lower() == folded:
+                lines[i] = (name, value)
+                lines[i + 1:] = [line for line in lines[i + 1:] if line[0].lower() != folded]
+                return
+        lines.append((name, value))
+
+    def __delitem__(self, name: str) -> None:
+        folded = _folded(name)
+        kept = [line for line in self.lines if line[0].lower() != folded]
+        if len(kept) == len(self.lines):
+            raise KeyError(name)
+        self.lines[:] = kept
+
+    def __contains__(self, name: object) -> bool:
+        folded = _folded(name)
+        return any(key.lower() == folded for key, _ in self.lines)
+
     def __iter__(self) -> Iterator[str]:
-        return iter(dict.fromkeys(key for key, _ in self.lines))
+        # Each name once, as first written (urllib3's request() folds them to see which
+        # framing headers were given).
+        names: dict[str, str] = {}
+        for key, _ in self.lines:
+            folded = key.lower()
+            if folded not in names:
+                names[folded] = key
+        return iter(names.values())
 
     def __len__(self) -> int:
-        return len(dict.fromkeys(key.lower() for key, _ in self.lines))
+        return len({key.lower() for key, _ in self.lines})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        mine = {key.lower(): self[key] for key in self}
+        return mine == {str(key).lower(): other[key] for key in other}
+
+    def __repr__(self) -> str:
+        return f"HeaderLines({self.lines!r})"
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         return self.lines
@@ -89,8 +130,10 @@ class HeaderLines(Mapping[str, str]):
     def copy(self) -> HeaderLines:
         return HeaderLines(list(self.lines))
 
-    def update(self, other: Mapping[str, str]) -> None:
-        self.lines.extend(other.items())
+
+def _folded(name: object) -> object:
+    # A name that is not a string is in no header line (and ``in`` must not raise for it).
+    return name.lower() if isinstance(name, str) else None
 
 
 class Transport:
