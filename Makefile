@@ -26,7 +26,8 @@ peer: $(VENV)/.installed-test
 	$(BIN)/python tests/peer/run.py
 
 # System tools, from Debian's packages if missing: tests/test_deploy.py checks deploy/ with
-# nginx and systemd-analyze; make bench and tests/test_bench.py load with wrk.
+# nginx and systemd-analyze; make bench and tests/test_bench.py load with wrk;
+# tests/test_prometheus.py scrapes /metrics with a real Prometheus server.
 tools:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
 	  apt-get install -y -q nginx-light >/dev/null || \
@@ -34,6 +35,9 @@ tools:
 	@command -v systemd-analyze >/dev/null || apt-get install -y -q systemd >/dev/null
 	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null || \
 	  (apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null)
+	@command -v prometheus >/dev/null || test -x /usr/bin/prometheus || \
+	  apt-get install -y -q prometheus >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null)
 
 ## make bench: the contenders under load against each upstream scenario, then the instruction
 ## counts (callgrind), the handshake costs and the microbenchmarks; writes docs/bench.* and
