@@ -115,7 +115,8 @@ class PoolStream(AsyncNetworkStream):
 
     async def aclose(self) -> None:
         backend = self.backend
-        if backend.streams.pop(self, None) is not None:
+        if self in backend.streams:  # not yet released (a fork or a closed loop)
+            del backend.streams[self]
             backend.closing(self)
         await self.inner.aclose()
 
@@ -142,12 +143,17 @@ class PoolStream(AsyncNetworkStream):
             return True
         return self.inner.get_extra_info(info)
 
-    def release(self) -> None:
-        """Close this process's file descriptor of the socket, and nothing else: no TLS
-        close_notify, no shutdown, nothing written (see :mod:`.pools`)."""
+    def release(self, devnull: int) -> None:
+        """Release this process's hold on the socket, and nothing else: no TLS
+        close_notify, no shutdown, nothing written (see :mod:`.pools`).
+
+        The descriptor is pointed at ``devnull`` (dup2 closes the socket's), not closed:
+        the event loop's socket object still owns that number and closes it when it goes,
+        which must not close whatever file gets the number next."""
         sock = self.inner.get_extra_info("socket")
-        if sock is not None and sock.fileno() != -1:
-            os.close(sock.detach())
+        fd = sock.fileno() if sock is not None else -1
+        if fd != -1:
+            os.dup2(devnull, fd)
 
 
 class CountingBackend(AsyncNetworkBackend):
@@ -208,8 +214,13 @@ class CountingBackend(AsyncNetworkBackend):
         """Release every live connection's descriptor without a write; how many there were."""
         streams = list(self.streams)
         self.streams.clear()
-        for stream in streams:
-            stream.release()
+        if streams:
+            devnull = os.open(os.devnull, os.O_RDWR)
+            try:
+                for stream in streams:
+                    stream.release(devnull)
+            finally:
+                os.close(devnull)
         return len(streams)
 
 
