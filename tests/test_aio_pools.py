@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from poolclient import Registry, Settings
-from tests.helpers import Upstream, refused_url, start_upstream, wait_for
+from tests.helpers import Upstream, refused_url, wait_for
 
 httpx2 = pytest.importorskip("httpx2")
 httpx = pytest.importorskip("httpx")
