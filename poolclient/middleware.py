@@ -22,6 +22,8 @@ import contextvars
 import hmac
 import ipaddress
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from . import inherited, metrics, timing
@@ -117,42 +119,79 @@ class PoolClientMiddleware:
         path: str,
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        if method not in ("GET", "HEAD"):
-            body = json_bytes({"error": f"method {method} not allowed", "allow": ["GET", "HEAD"]})
-            start_response("405 Method Not Allowed", _json_headers(body, ("Allow", "GET, HEAD")))
-            return [body]
-        allowed = stats_allowed(environ, registry.settings)
-        status = "200 OK"
-        if path == self.livez_path:  # no I/O, nothing to hide
-            body, ctype = json_bytes({"status": "pass"}), HEALTH_JSON
-        elif path == self.readyz_path:
-            checks = registry.ready()
-            document = readiness_document(checks, details=allowed)
-            if document["status"] == "fail":
-                status = "503 Service Unavailable"
-            body, ctype = json_bytes(document), HEALTH_JSON
-        elif not allowed:
-            body = json_bytes({"error": "forbidden: allowed from POOLCLIENT_STATS_ALLOW "
-                                        "networks or with the POOLCLIENT_STATS_TOKEN bearer"})
-            status, ctype = "403 Forbidden", "application/json"
-        elif path == self.health_path:
-            document = health_document(registry.stats(), registry.settings.redacted(),
-                                       inherited.found())
-            document["maxsize"] = registry.maxsize
-            body, ctype = json_bytes(document), HEALTH_JSON
-        elif metrics.available():
-            problem = metrics.problem()
-            if problem is None:
-                body, ctype = metrics.render()
-            else:  # a wrong answer would look right: say what is wrong instead
-                body, ctype = (problem + "\n").encode(), "text/plain; charset=utf-8"
-                status = "500 Internal Server Error"
-        else:
-            body, ctype = (metrics.INSTALL_HINT + "\n").encode(), "text/plain; charset=utf-8"
-            status = "501 Not Implemented"
-        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body))),
-                                ("Cache-Control", "no-store")])
-        return [] if method == "HEAD" else [body]
+        allowed = stats_allowed(environ.get("REMOTE_ADDR"), environ.get("HTTP_AUTHORIZATION"),
+                                registry.settings)
+        kind = endpoint_kind(path, self.health_path, self.metrics_path, self.livez_path,
+                             self.readyz_path)
+        answer = endpoint_answer(kind, method, allowed, registry)
+        start_response(answer.status_line, list(answer.headers))
+        return [] if method == "HEAD" else [answer.body]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one of the four endpoints answers: the same for the WSGI and ASGI middleware."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
+
+
+ENDPOINTS = ("health", "metrics", "livez", "readyz")
+#: The endpoints that read files (the metrics of every worker) or sockets (the readiness
+#: checks): an event loop runs them in a thread.
+BLOCKING_ENDPOINTS = frozenset({"metrics", "readyz"})
+
+
+def endpoint_kind(path: str, health: str | None, metrics_path: str | None,
+                  livez: str | None, readyz: str | None) -> str:
+    """Which endpoint ``path`` is, given the middleware's paths (one of :data:`ENDPOINTS`)."""
+    for kind, own in zip(ENDPOINTS, (health, metrics_path, livez, readyz), strict=True):
+        if own is not None and path == own:
+            return kind
+    raise ValueError(f"{path!r} is none of the endpoints")
+
+
+def endpoint_answer(kind: str, method: str, allowed: bool, registry: Registry) -> Answer:
+    """The answer of endpoint ``kind`` to ``method`` (bodies and statuses as documented in
+    the module docstring). ``metrics`` and ``readyz`` may read files and sockets."""
+    if method not in ("GET", "HEAD"):
+        body = json_bytes({"error": f"method {method} not allowed", "allow": ["GET", "HEAD"]})
+        return Answer(405, (*_json_headers(body), ("Allow", "GET, HEAD")), body)
+    status = 200
+    if kind == "livez":  # no I/O, nothing to hide
+        body, ctype = json_bytes({"status": "pass"}), HEALTH_JSON
+    elif kind == "readyz":
+        checks = registry.ready()
+        document = readiness_document(checks, details=allowed)
+        if document["status"] == "fail":
+            status = 503
+        body, ctype = json_bytes(document), HEALTH_JSON
+    elif not allowed:
+        body = json_bytes({"error": "forbidden: allowed from POOLCLIENT_STATS_ALLOW "
+                                    "networks or with the POOLCLIENT_STATS_TOKEN bearer"})
+        status, ctype = 403, "application/json"
+    elif kind == "health":
+        document = health_document(registry.stats(), registry.settings.redacted(),
+                                   inherited.found())
+        document["maxsize"] = registry.maxsize
+        body, ctype = json_bytes(document), HEALTH_JSON
+    elif metrics.available():
+        problem = metrics.problem()
+        if problem is None:
+            body, ctype = metrics.render()
+        else:  # a wrong answer would look right: say what is wrong instead
+            body, ctype = (problem + "\n").encode(), "text/plain; charset=utf-8"
+            status = 500
+    else:
+        body, ctype = (metrics.INSTALL_HINT + "\n").encode(), "text/plain; charset=utf-8"
+        status = 501
+    return Answer(status, (("Content-Type", ctype), ("Content-Length", str(len(body))),
+                           ("Cache-Control", "no-store")), body)
 
 
 class _InContext:
@@ -177,15 +216,15 @@ class _InContext:
             self.context.run(close)
 
 
-def stats_allowed(environ: WSGIEnvironment, settings: Settings) -> bool:
-    """Whether this caller may read the stats endpoints: by address, or by token."""
+def stats_allowed(address: str | None, authorization: str | None, settings: Settings) -> bool:
+    """Whether a caller may read the stats endpoints: by its address (``None`` or empty for
+    a unix-socket caller, which has none), or by the ``Authorization`` header it sent."""
     token = settings.stats_token
-    if token is not None:
-        presented = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+    if token is not None and authorization:
+        presented = authorization.encode("latin-1", "replace")
         if hmac.compare_digest(presented, f"Bearer {token}".encode()):
             return True
-    address = environ.get("REMOTE_ADDR") or ""
-    if not address:  # a unix socket: gunicorn gives no address
+    if not address:  # a unix socket: servers give no address
         return UNIX in settings.stats_allow.split(",")
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -196,31 +235,38 @@ def stats_allowed(environ: WSGIEnvironment, settings: Settings) -> bool:
     return any(ip in network for network in settings.stats_networks)
 
 
-def _json_headers(body: bytes, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-    return [
-        ("Content-Type", "application/json"),
-        ("Content-Length", str(len(body))),
-        *extra,
-    ]
+def _json_headers(body: bytes) -> tuple[tuple[str, str], ...]:
+    return (("Content-Type", "application/json"), ("Content-Length", str(len(body))))
 
 
 def from_request(request: object) -> Registry:
     """The registry for a request: a Flask or Django request (anything with ``.environ``,
-    or Django's ``.META``), or a WSGI environ itself.
+    or Django's ``.META``), a Starlette or FastAPI request (anything with an ASGI
+    ``.scope``), or a WSGI environ or ASGI scope itself.
 
-    It is the one the middleware put there; without the middleware (a framework's test
-    client, a management command) it is the process-global :func:`get_registry`, which is
-    just as fork-aware. Code never spells the environ key::
+    It is the one the middleware put there (:class:`PoolClientMiddleware`, or
+    :class:`poolclient.asgi.PoolClientMiddleware` in ``scope["state"]``); without the
+    middleware (a framework's test client, a management command) it is the process-global
+    :func:`get_registry`, which is just as fork-aware. Code never spells the key::
 
         from poolclient import from_request
 
         def view(request):
             items = from_request(request).request("GET", API + "/items").json()
     """
+    found: object = None
     environ = getattr(request, "environ", None)
-    if environ is None:
+    scope = getattr(request, "scope", None)
+    if environ is None and isinstance(request, dict) and "type" in request:
+        scope = request  # an ASGI scope
+    if isinstance(environ, dict):
+        found = environ.get(REGISTRY_KEY)
+    elif isinstance(scope, dict):
+        state = scope.get("state")
+        found = state.get(REGISTRY_KEY) if isinstance(state, dict) else None
+    else:
         environ = getattr(request, "META", request)
-    found = environ.get(REGISTRY_KEY) if isinstance(environ, dict) else None
+        found = environ.get(REGISTRY_KEY) if isinstance(environ, dict) else None
     return found if isinstance(found, Registry) else get_registry()
 
 
