@@ -291,11 +291,11 @@ def test_lifetime_and_idle_expiry_are_counted(upstream: Upstream, monkeypatch: A
     the upstream sees one request per connection."""
     from httpcore2._async import http11
 
-    from poolclient.aio import backend
+    from poolclient.aio import backend, pool
 
     clock = _Clock()
-    monkeypatch.setattr(http11, "time", clock)
-    monkeypatch.setattr(backend, "time", clock)
+    for module in (http11, backend, pool):
+        monkeypatch.setattr(module, "time", clock)
     registry = Registry(Settings(ca_bundle=upstream.ca, **{setting: 30}))
     client = _client(registry)
 
@@ -307,9 +307,10 @@ def test_lifetime_and_idle_expiry_are_counted(upstream: Upstream, monkeypatch: A
         await registry.aclose()
         return pool
 
-    pool = asyncio.run(main())
+    snapshot = asyncio.run(main())
     assert [c["requests"] for c in upstream.stats()["connections"]] == [1, 1, 1]
-    assert (pool.connections_opened, pool.reused, getattr(pool, counter)) == (3, 0, 2)
+    assert (snapshot.connections_opened, snapshot.reused, getattr(snapshot, counter)) == (
+        3, 0, 2)
 
 
 def test_server_sent_events_arrive_as_sent(registry: Registry, upstream: Upstream):

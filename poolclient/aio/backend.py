@@ -37,10 +37,14 @@ if TYPE_CHECKING:
 
 
 class CallLimits:
-    """What the call being sent allows its connects: retries, backoff, an absolute deadline.
+    """What the call being sent allows: connect retries, their backoff, and its deadline
+    (monotonic), which cuts each wait to what is left of it when the wait starts.
 
-    Set per call in a context variable by :meth:`.pool.AsyncPool.send`: httpcore2 connects
-    inside the task that sends the request, so the backend sees the call's own limits."""
+    Set in a context variable by :meth:`.pool.AsyncPool.send` until the status line has
+    arrived: httpcore2 connects, writes and reads inside the task that sends the request,
+    so the backend sees the call's own limits (a body read later waits the read timeout).
+    Cheaper than a cancel scope around the call, and a cut wait fails as httpcore2's own
+    timeout does, its connection closed by httpcore2."""
 
     __slots__ = ("backoff", "deadline_at", "retries")
 
@@ -48,6 +52,15 @@ class CallLimits:
         self.retries = retries
         self.backoff = backoff
         self.deadline_at = deadline_at
+
+    def bounded(self, timeout: float | None) -> float | None:
+        if self.deadline_at is None:
+            return timeout
+        left = max(0.0, self.deadline_at - time.monotonic())
+        return left if timeout is None or left < timeout else timeout
+
+    def passed(self) -> bool:
+        return self.deadline_at is not None and time.monotonic() >= self.deadline_at
 
 
 current_call: ContextVar[CallLimits | None] = ContextVar("poolclient_aio_call", default=None)
@@ -106,11 +119,19 @@ class PoolStream(AsyncNetworkStream):
         self.closed_as = ""  # set by the pool when it closed it for a reason of its own
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        call = current_call.get()
+        if call is not None:  # until the status line: no wait past the call's deadline
+            timeout = call.bounded(timeout)
         data = await self.inner.read(max_bytes, timeout)
         self.last_used = time.monotonic()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:  # h11 hands over an empty end of message for a request without body
+            return
+        call = current_call.get()
+        if call is not None:
+            timeout = call.bounded(timeout)
         await self.inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -124,6 +145,9 @@ class PoolStream(AsyncNetworkStream):
                         timeout: float | None = None) -> AsyncNetworkStream:
         backend = self.backend
         backend.streams.pop(self, None)
+        call = current_call.get()
+        if call is not None:
+            timeout = call.bounded(timeout)
         try:
             tls = await self.inner.start_tls(ssl_context, server_hostname, timeout)
         except BaseException:
@@ -176,8 +200,9 @@ class CountingBackend(AsyncNetworkBackend):
         attempt = 0
         while True:
             try:
-                inner = await self.inner.connect_tcp(host, port, timeout, local_address,
-                                                     socket_options)
+                inner = await self.inner.connect_tcp(
+                    host, port, call.bounded(timeout) if call is not None else timeout,
+                    local_address, socket_options)
                 break
             except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
                 self.stats.failed("connect" if isinstance(exc, httpcore2.ConnectError)

@@ -7,8 +7,8 @@ and expires idle ones. This module adds what poolclient's sync pools add, around
 - the settings: ``maxsize`` connections, the pool timeout, connect and read timeouts,
   ``idle_timeout`` (httpcore2's keep-alive expiry), ``max_lifetime``, connect retries
   with backoff (:mod:`.backend`), and the deadline, which bounds a call until its status
-  line (``asyncio.timeout``; a cancelled wait is httpcore2's to clean up) and then each
-  read by the read timeout;
+  line (each wait cut to what is left of it, :class:`.backend.CallLimits`) and then
+  each read by the read timeout;
 - the counters of :class:`~poolclient.stats.PoolStats`, the same as a sync pool's, plus
   ``cancelled``: each call is checked out when it starts and checked in when its
   response is closed, so ``in_use`` counts calls holding (or waiting for) a connection.
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import httpcore2
@@ -27,10 +25,6 @@ import httpcore2
 from .. import metrics
 from ..stats import PoolSnapshot, PoolStats
 from .backend import CallLimits, CountingBackend, PoolStream, SessionCache, current_call
-
-# asyncio.timeout_at is 3.11's, as httpcore2 is (mypy checks the package as 3.10).
-timeout_at: Callable[[float | None], AbstractAsyncContextManager[None]] = (
-    asyncio.timeout_at)  # type: ignore[attr-defined]
 
 if TYPE_CHECKING:
     import ssl
@@ -79,33 +73,31 @@ class AsyncPool:
         """Send ``request``; its response, whose body the caller reads through the
         :class:`Exchange` and must close. httpcore2's exceptions are raised as they are;
         the deadline's as ``httpcore2.ReadTimeout``."""
+        stats = self.stats
+        started = time.monotonic()
+        call = CallLimits(self.connect_retries if retries is None else retries, self.backoff,
+                          started + deadline if deadline is not None else None)
         timeouts = request.extensions.get("timeout") or {}
         request.extensions["timeout"] = {
             "connect": _given(timeouts.get("connect"), self.connect_timeout),
             "read": _given(timeouts.get("read"), self.read_timeout),
             "write": _given(timeouts.get("write"), self.read_timeout),
-            "pool": _given(timeouts.get("pool"), self.pool_timeout),
+            "pool": call.bounded(_given(timeouts.get("pool"), self.pool_timeout)),
         }
-        stats = self.stats
-        started = time.monotonic()
-        deadline_at = started + deadline if deadline is not None else None
-        token = current_call.set(CallLimits(
-            self.connect_retries if retries is None else retries, self.backoff, deadline_at))
-        waited = self.in_flight >= self.maxsize
-        if waited:
+        token = current_call.set(call)
+        if self.in_flight >= self.maxsize:
             stats.waited()
         self.in_flight += 1
         stats.checked_out()
         try:
-            async with timeout_at(_loop_time(deadline_at)):
-                response = await self.engine.handle_async_request(request)
+            response = await self.engine.handle_async_request(request)
         except BaseException as exc:
             self.in_flight -= 1
             stats.checked_in()
             if isinstance(exc, asyncio.CancelledError):
                 stats.cancelled_one()
                 raise
-            if isinstance(exc, TimeoutError):  # the deadline's own
+            if isinstance(exc, httpcore2.TimeoutException) and call.passed():
                 stats.failed("deadline")
                 raise httpcore2.ReadTimeout(
                     f"{self.scheme}://{self.host}:{self.port} did not answer within the "
@@ -140,9 +132,10 @@ class AsyncPool:
 
 
 class Exchange:
-    """A response's body, read from httpcore2, and the end of its call's checkout: closed
-    once, whether read to the end, closed early (the connection is then closed by
-    httpcore2: counted as unread) or cancelled while reading."""
+    """The end of one call's checkout, once its response is done with: read to the end,
+    closed early (httpcore2 then closes the connection: counted as unread), failed, or
+    cancelled while reading. The body itself is ``response.stream``, read by the caller,
+    which reports here how its reading ended."""
 
     __slots__ = ("done", "finished", "pool", "response")
 
@@ -152,18 +145,13 @@ class Exchange:
         self.done = False  # read to the end
         self.finished = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.response.aiter_stream():
-                yield chunk
-        except asyncio.CancelledError:
-            await self._finish("cancelled")
-            raise
-        except Exception as exc:  # httpcore2 closed the connection; the caller maps exc
-            self.pool.stats.failed(_failure_kind(exc) or "other")
-            await self._finish("failed")
-            raise
-        self.done = True
+    async def cancelled(self) -> None:
+        await self._finish("cancelled")
+
+    async def failed(self, exc: Exception) -> None:
+        """Reading failed; httpcore2 has closed the connection."""
+        self.pool.stats.failed(_failure_kind(exc) or "other")
+        await self._finish("failed")
 
     async def aclose(self) -> None:
         await self._finish("" if self.done else "unread")
@@ -186,14 +174,6 @@ class Exchange:
 
 def _given(value: Any, default: float) -> Any:
     return default if value is None else value
-
-
-def _loop_time(deadline_at: float | None) -> float | None:
-    if deadline_at is None:
-        return None
-    # asyncio.timeout_at takes the loop's clock, which is time.monotonic() in CPython's
-    # and uvloop's loops; converted anyway, for a loop with a clock of its own.
-    return asyncio.get_running_loop().time() + (deadline_at - time.monotonic())
 
 
 def _failure_kind(exc: BaseException) -> str | None:

@@ -23,6 +23,7 @@ neither package, and :mod:`.httpx2` and :mod:`.httpx` bind it to their classes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -127,14 +128,20 @@ class AsyncResponseStream:
         self.exchange = exchange
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        exchange = self.exchange
         try:
-            async for chunk in self.exchange.chunks():
+            async for chunk in exchange.response.stream:  # type: ignore[union-attr]
                 yield chunk
+        except asyncio.CancelledError:
+            await exchange.cancelled()
+            raise
         except Exception as exc:
+            await exchange.failed(exc)
             mapped = mapped_error(self.package, exc, self.request)
             if mapped is None:
                 raise
             raise mapped from exc
+        exchange.done = True
 
     async def aclose(self) -> None:
         await self.exchange.aclose()
