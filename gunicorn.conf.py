@@ -1,8 +1,11 @@
-"""gunicorn settings for the example service and for any WSGI app run with ``-c`` this file.
+"""gunicorn settings for the example service and for any WSGI or ASGI app run with ``-c``
+this file.
 
 Driven by the environment; command-line flags still win (``-w 2 --threads 4 -k gthread``).
 The poolclient hooks give each worker its own pools and put them in ``environ['http.pool']``
-of whatever app runs, without changing the app.
+of whatever WSGI app runs, or in ``scope["state"]["http.pool"]`` of an ASGI app under
+``-k asgi`` or ``-k uvicorn_worker.UvicornWorker``, without changing the app. Dirty workers
+(gunicorn 25+, ``dirty_apps``) get pools of their own from ``dirty_worker_init``.
 """
 
 import os
@@ -10,6 +13,7 @@ import os
 from poolclient.gunicorn import (  # noqa: F401 - gunicorn reads these names
     check_settings,
     child_exit,
+    dirty_worker_init,
     on_exit,
     on_starting,
     post_fork,

@@ -3,7 +3,7 @@
 Import them into a gunicorn config file (the project's ``gunicorn.conf.py`` does)::
 
     from poolclient.gunicorn import (on_starting, pre_fork, post_fork, post_worker_init,
-                                     worker_exit, child_exit, on_exit)
+                                     worker_exit, child_exit, on_exit, dirty_worker_init)
 
 Each has exactly the signature gunicorn validates. If your config defines a hook of the
 same name, call ours from it.
@@ -18,9 +18,25 @@ Order in a worker, and why each step is where it is:
   use, after the patch. Then it names each connection inherited that no pool owns
   (``poolclient.inherited``: other clients used in the master under ``--preload``).
 - ``post_worker_init`` (child, app loaded, gevent patched): wrap the app in the middleware,
-  unless it already wraps itself.
+  unless it already wraps itself. WSGI workers get :mod:`poolclient.middleware`
+  (``environ['http.pool']``). ASGI workers get :mod:`poolclient.asgi`
+  (``scope["state"]["http.pool"]``): gunicorn's own ``asgi`` worker (the app at
+  ``worker.asgi``; the registry also goes into ``worker.state``, which gunicorn copies into
+  the lifespan scope and every request's state) and ``uvicorn_worker.UvicornWorker`` (the
+  app at ``worker.wsgi``). So ``gunicorn -c gunicorn.conf.py -k asgi mod:app`` serves any
+  ASGI app with no code in it. The ASGI worker's event loop exists here but does not run
+  yet; nothing is bound to it.
 - ``worker_exit`` (normally the child; gunicorn also calls it in the master when the
-  worker was already gone): close the pools, only in the process that owns them.
+  worker was already gone): close the pools, only in the process that owns them, and hand
+  the metrics of requests not yet published to their sink. Under the ASGI worker this runs
+  after its event loop closed, and on SIGINT or SIGQUIT lifespan shutdown (where the
+  middleware awaits ``registry.aclose()``) was skipped: ``close()`` drops the async pools
+  without awaiting anything, and their counters are written here, so nothing is lost.
+- ``dirty_worker_init`` (gunicorn 25+, each dirty worker, its apps loaded): its own pools,
+  sized by ``dirty_threads``. Not ``dirty_post_fork``: gunicorn calls that in the dirty
+  arbiter, after the fork, not in the new worker. The pools a dirty worker inherited were
+  already forgotten at the fork (``_fork``); those its apps' ``init()`` made were sized
+  before this hook and are closed, to be made again at the worker's size on next use.
 - ``child_exit`` (master, a worker gone for whatever reason): drop its live gauges from the
   metrics; its counters stay, so totals keep what it did.
 - ``on_exit`` (master, last): remove the metrics directory if poolclient made it.
@@ -31,8 +47,18 @@ files from an earlier run. An app loaded with ``--preload`` is imported before
 ``on_starting``; ``gunicorn.conf.py`` therefore calls :func:`prepare_metrics_dir` when it is
 read, and so should a config of your own that preloads.
 
+Pool size per origin when ``POOLCLIENT_MAXSIZE`` is unset (:func:`worker_concurrency`):
+gthread, its thread count; sync, 1; dirty workers, ``dirty_threads``; everything else 10.
+For the ASGI workers 10 is deliberate: neither gunicorn's ``asgi`` worker nor uvicorn's
+bounds requests in flight (``worker_connections`` is not enforced), so the pool is what
+bounds fan-out per origin; async pools are per event loop and 10 is also httpcore's own
+default. Sync calls from Starlette's and FastAPI's plain ``def`` endpoints run in a pool of
+40 threads and share the sync pool of 10 with a bounded wait (``POOLCLIENT_POOL_TIMEOUT``),
+rather than opening 40 connections; set ``POOLCLIENT_MAXSIZE=40`` to match the threads.
+
 This module imports urllib3 only inside hooks that run after the patch (see
-``poolclient/__init__``).
+``poolclient/__init__``), and asyncio or any async package never: ``poolclient.asgi`` is
+imported by ``post_worker_init`` only in ASGI workers.
 """
 
 from __future__ import annotations
@@ -51,8 +77,10 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["child_exit", "on_exit", "on_starting", "post_fork", "post_worker_init",
-           "pre_fork", "prepare_metrics_dir", "worker_exit"]
+__all__ = ["child_exit", "dirty_worker_init", "on_exit", "on_starting", "post_fork",
+           "post_worker_init", "pre_fork", "prepare_metrics_dir", "worker_exit"]
+
+ASYNC_CONCURRENCY = 10  # per origin, for workers whose concurrency has no bound of its own
 
 _made_dirs: set[str] = set()
 
@@ -66,13 +94,27 @@ def check_settings() -> Settings:
 
 
 def worker_concurrency(worker: Any) -> int:
-    """Connections per origin a worker of this kind needs so it never waits on itself."""
+    """Connections per origin a worker of this kind needs so it never waits on itself; for
+    workers without a bound of their own (gevent, eventlet, the ASGI workers) the bound
+    (see the module docstring)."""
     kind = type(worker).__name__
     if kind == "ThreadWorker":
         return max(1, int(worker.cfg.threads))
     if kind == "SyncWorker":
         return 1
-    return 10
+    return ASYNC_CONCURRENCY
+
+
+def worker_protocol(worker: Any) -> str:
+    """``"asgi"`` for gunicorn's own ASGI worker, ``"uvicorn"`` for uvicorn's (either
+    package), ``"wsgi"`` for every other worker; read from the class, importing nothing."""
+    for cls in type(worker).__mro__:
+        module = cls.__module__
+        if module == "gunicorn.workers.gasgi":
+            return "asgi"
+        if module.startswith(("uvicorn_worker", "uvicorn.workers")):
+            return "uvicorn"
+    return "wsgi"
 
 
 def _loaded_registry() -> Registry | None:
@@ -144,19 +186,52 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Worker, app loaded: make ``environ['http.pool']`` available to the app, and count
-    its inherited connections in the metrics (after gevent's patch, as every metric)."""
-    from .middleware import wrap
+    """Worker, app loaded: make the registry available to the app (``environ['http.pool']``
+    under WSGI workers, ``scope["state"]["http.pool"]`` under ASGI ones), and count its
+    inherited connections in the metrics (after gevent's patch, as every metric)."""
+    protocol = worker_protocol(worker)
+    if protocol == "wsgi":
+        from .middleware import wrap
 
-    worker.wsgi = wrap(worker.wsgi)
+        worker.wsgi = wrap(worker.wsgi)
+    else:
+        from .asgi import wrap as wrap_asgi
+        from .registry import get_registry
+
+        if protocol == "asgi":
+            worker.asgi = wrap_asgi(worker.asgi)
+        else:  # uvicorn's worker serves worker.wsgi (it sets config.app from it in _serve)
+            worker.wsgi = wrap_asgi(worker.wsgi)
+        state = getattr(worker, "state", None)
+        if isinstance(state, dict):  # gunicorn's ASGI worker: lifespan and every request
+            state["http.pool"] = get_registry()
     if inherited.found() and metrics.available():
         metrics.inherited(inherited.found())
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Worker leaving: close its pools. Never in the master, which owns none of them."""
+    """Worker leaving: close its pools (async ones dropped without awaiting: an ASGI
+    worker's loop has closed by now) and publish the counters still waiting. Never in the
+    master, which owns none of them."""
+    if os.getpid() != worker.pid:
+        return
     registry = _loaded_registry()
-    if registry is not None and os.getpid() == worker.pid:
+    if registry is not None:
+        registry.close()
+    stats = sys.modules.get("poolclient.stats")
+    if stats is not None:
+        stats.publish_all()
+
+
+def dirty_worker_init(worker: Any) -> None:
+    """Dirty worker (gunicorn 25+), its apps loaded: pools of its own, sized by
+    ``dirty_threads``. gunicorn's ``dirty_post_fork`` runs in the dirty arbiter, not here."""
+    _fork.set_concurrency(max(1, int(getattr(worker.cfg, "dirty_threads", 1) or 1)))
+    registry = _loaded_registry()
+    if registry is not None:
+        # Only this process's own (made by the apps' init(), at the old size): close()
+        # never touches pools of another process, and inherited ones were forgotten at the
+        # fork. The next call makes them again at this worker's size.
         registry.close()
 
 
