@@ -1,0 +1,486 @@
+"""One origin's policy in one process: breaker, bulkhead, retry budget, stall detection and
+addresses behind one lock, and :class:`Call`, the handle a pool keeps for one call.
+
+Pure logic: a clock (``time.monotonic``) and a random source are injected, and nothing here
+does I/O. The sync pools (threads) and the async pools (tasks) call it alike; its lock is
+a ``threading.Lock`` held only for a few dictionary and arithmetic steps, with nothing
+awaited or called out under it, so a task may take it without blocking its loop for long.
+What leaves the policy (transitions, refusals, retries, ejections, resolutions, stalls)
+goes to an optional :class:`PolicySink` after the lock is released, as
+:mod:`poolclient.stats` hands its batches over: counting stays out of the logic. A breaker
+that opens or closes logs a WARNING on the ``poolclient`` logger, naming the origin.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random as _random
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from types import TracebackType
+from typing import Protocol
+
+from .addresses import AddressSet, AddressState
+from .breaker import Breaker, BreakerState
+from .budget import RetryBudget
+from .errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RefusedError,
+    RetryBudgetExhaustedError,
+    StalledError,
+)
+from .outcomes import Outcome, Refusal, RetryReason
+from .settings import PolicySettings
+from .snapshot import AddressSnapshot, BreakerSnapshot, BudgetSnapshot, PolicySnapshot
+from .stall import Latencies
+
+log = logging.getLogger("poolclient")
+
+# Seconds an origin stays degraded (its calls limited by the bulkhead) after a stall: long
+# enough to cover the breaker's reaction, short enough that a blip is soon forgotten.
+STALL_MEMORY = 10.0
+
+
+class PolicySink(Protocol):
+    """Where one origin's policy events go (the Prometheus metrics); one sink per origin."""
+
+    def transition(self, state: str) -> None: ...  # closed, open, half_open
+    def refused(self, reason: str) -> None: ...  # open, overflow, budget
+    def retried(self, reason: str) -> None: ...  # connect, other_address, stale
+    def ejected(self) -> None: ...
+    def refreshed(self, result: str) -> None: ...  # success, empty, failure
+    def stalled(self) -> None: ...
+
+
+class Call:
+    """One admitted call, from :meth:`OriginPolicy.admit` to :meth:`done`, retries included.
+
+    Written by the thread or task making the call, without the lock (one writer); the
+    sweeper reads its times. ``on_abort`` is the pool's: what shuts this call's socket down
+    when :meth:`OriginPolicy.sweep` finds it stalled (the policy never calls it).
+    """
+
+    __slots__ = ("_policy", "route", "read_timeout", "tried", "on_abort", "stalled",
+                 "_stall", "_started", "_waiting", "_last", "_max_gap", "_responded",
+                 "_judged", "_failed", "_done")
+
+    def __init__(self, policy: OriginPolicy, route: str, read_timeout: float | None) -> None:
+        self._policy = policy
+        self.route = route
+        self.read_timeout = read_timeout
+        self.tried: list[str] = []  # addresses connected to or tried, in order
+        self.on_abort: Callable[[], None] | None = None
+        self.stalled = False
+        self._stall = (0.0, 0.0)  # waited, limit: when the sweeper found it stalled
+        self._started = False  # an attempt is under way
+        self._waiting = False  # on the upstream (connect, send, status line, a read)
+        self._last = 0.0  # when the current wait began
+        self._max_gap = 0.0  # this attempt's longest wait
+        self._responded = False
+        self._judged = False  # this attempt's verdict is in
+        self._failed = False
+        self._done = False
+
+    def __repr__(self) -> str:
+        state = ("stalled" if self.stalled else "done" if self._done
+                 else "waiting" if self._waiting else "running" if self._started else "queued")
+        return f"<Call {self._policy.origin} {self.route or '-'} {state}>"
+
+    def __enter__(self) -> Call:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.done()
+
+    # --- attempts ----------------------------------------------------------------------
+
+    def attempt(self) -> None:
+        """An attempt begins (the first, or a retry once :meth:`retry` allowed it): the
+        connection is checked out and about to connect or send."""
+        self._last = self._policy._clock()
+        self._max_gap = 0.0
+        self._started = self._waiting = True
+        self._responded = self._judged = self._failed = False
+
+    def response(self, status: int) -> Outcome:
+        """The status line arrived: the attempt's verdict (502, 503, 504 fail)."""
+        self.progress()
+        self._responded = True
+        outcome = Outcome.of_status(status)
+        if not self._judged:
+            self._judged = True
+            self._policy._judge(self, outcome)
+        return outcome
+
+    def reading(self) -> None:
+        """The pool starts waiting on the upstream for body bytes. Time between reads is the
+        caller's (a slow consumer), so only a wait begun here can become a stall."""
+        self._last = self._policy._clock()
+        self._waiting = True
+
+    def progress(self) -> None:
+        """Bytes arrived (or were sent): the wait begun by :meth:`attempt` or :meth:`reading`
+        ends, its length one more sample of how long this route waits."""
+        now = self._policy._clock()
+        gap = now - self._last
+        if gap > self._max_gap:
+            self._max_gap = gap
+        self._last = now
+        self._waiting = False
+
+    def failed(self, outcome: Outcome) -> Outcome:
+        """The attempt failed with ``outcome`` (from the pool's exception mapping); returns
+        what was counted: :attr:`Outcome.STALLED` if the sweeper aborted it. Before the
+        status line it is the attempt's verdict; after, the verdict is in already."""
+        if self.stalled:
+            outcome = Outcome.STALLED
+        self._failed = True
+        self._waiting = False
+        if not self._judged:
+            self._judged = True
+            self._policy._judge(self, outcome)
+        return outcome
+
+    def retry(self, reason: RetryReason, last_error: BaseException | None = None) -> None:
+        """Ask to send the request again; raises :class:`RetryBudgetExhaustedError` (from
+        ``last_error``) when the budget is spent. A stalled call is never retried."""
+        self._policy._retry(self, reason, last_error)
+
+    def stall_error(self) -> StalledError | None:
+        """What the pool raises for a call the sweeper aborted (``None`` if it was not)."""
+        if not self.stalled:
+            return None
+        waited, limit = self._stall
+        return StalledError(self._policy.origin, waited, limit)
+
+    # --- addresses --------------------------------------------------------------------
+
+    def candidates(self) -> list[str]:
+        """Addresses for a new connection, best first, those this call tried last."""
+        return self._policy.candidates(self.tried)
+
+    def connected(self, address: str) -> None:
+        """A new connection to ``address`` is open (the pool reports its close to
+        :meth:`OriginPolicy.disconnected`)."""
+        self.tried.append(address)
+        self._policy.connected(address)
+
+    def connect_failed(self, address: str) -> None:
+        """Connecting to ``address`` failed (refused, timed out, TLS)."""
+        self.tried.append(address)
+        self._policy.connect_failed(address)
+
+    def done(self) -> None:
+        """The call is over (answered and released, or failed for good). Idempotent."""
+        if not self._done:
+            self._done = True
+            self._policy._done(self)
+
+
+class OriginPolicy:
+    """Every protection of one origin in one process; see the package docstring.
+
+    :param origin: ``"https://host:port"``, as errors and logs name it.
+    :param concurrency: the worker's concurrency (its threads; the pool size for async),
+        of which a degraded origin may hold ``bulkhead_share``.
+    :param read_timeout: the pools' read timeout, under which the stall limit is capped
+        (a call may bring its own to :meth:`admit`).
+    """
+
+    def __init__(self, origin: str, settings: PolicySettings, *, concurrency: int,
+                 read_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 random: Callable[[], float] = _random.random,
+                 sink: PolicySink | None = None) -> None:
+        self.origin = origin
+        self.settings = settings
+        self.read_timeout = read_timeout
+        # Floor of the share, at least one call; the epsilon keeps 0.3 x 10 at 3.
+        self.limit = max(1, math.floor(settings.bulkhead_share * concurrency + 1e-9))
+        self.sink = sink
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._breaker = Breaker(settings, random) if settings.breaker else None
+        self._budget = RetryBudget(settings) if settings.retry_budget else None
+        self._latencies = Latencies(settings) if settings.stall_detection else None
+        self._addresses = AddressSet(settings, random) if settings.balance else None
+        self._in_flight: set[Call] = set()
+        self._degraded_until = -math.inf
+        self._stalled = 0
+        self._refused = dict.fromkeys(Refusal, 0)
+        self._retried = dict.fromkeys(RetryReason, 0)
+        self._budget_refused = dict.fromkeys(RetryReason, 0)
+
+    def __repr__(self) -> str:
+        now = self._clock()
+        with self._lock:
+            breaker = "off" if self._breaker is None else self._breaker.state.value
+            if self._breaker is not None and self._breaker.state is BreakerState.OPEN:
+                breaker += f" {self._breaker.open_for(now):.1f} s"
+            flight = f"in flight {len(self._in_flight)}/{self.limit}"
+            if self._degraded(now):
+                flight += " degraded"
+            parts = [f"breaker {breaker}", flight]
+            if self._budget is not None:
+                retries = self._budget.totals(now)[1]
+                parts.append(f"retries {retries}/{self._budget.allowed(now):g}")
+            if self._addresses is not None:
+                states = [a.state(now) for a in self._addresses.all()]
+                parts.append(f"addresses {states.count(AddressState.LIVE)} live, "
+                             f"{states.count(AddressState.EJECTED)} ejected, "
+                             f"{states.count(AddressState.GONE)} gone")
+        return f"<OriginPolicy {self.origin} [{' | '.join(parts)}]>"
+
+    # --- admission ---------------------------------------------------------------------
+
+    def admit(self, route: str = "", read_timeout: float | None = None) -> Call:
+        """A call to this origin wants to start: its :class:`Call`, or a
+        :class:`CircuitOpenError` / :class:`BulkheadFullError`, raised before any pool
+        wait. ``route`` (:func:`~.stall.route_key`) groups calls for stall detection."""
+        call = Call(self, route, self.read_timeout if read_timeout is None else read_timeout)
+        now = self._clock()
+        changed = None
+        refusal: RefusedError | None = None
+        with self._lock:
+            breaker = self._breaker
+            if (self.settings.bulkhead and len(self._in_flight) >= self.limit
+                    and self._degraded(now)):
+                refusal = BulkheadFullError(self.origin, len(self._in_flight), self.limit)
+            elif breaker is not None and breaker.state is not BreakerState.CLOSED:
+                admitted, changed = breaker.admit(now, call)
+                if not admitted:
+                    last = breaker.last_failure
+                    probing = breaker.state is BreakerState.HALF_OPEN
+                    refusal = CircuitOpenError(
+                        self.origin, breaker.open_until,
+                        1.0 if probing else breaker.open_for(now),
+                        None if last is None else last.value, probing)
+            if refusal is None:
+                self._in_flight.add(call)
+                if self._budget is not None:
+                    self._budget.first(now)
+            else:
+                self._refused[refusal.reason] += 1
+        if changed is not None:
+            self._report(changed, "", 0.0, None)
+        if refusal is not None:
+            if self.sink is not None:
+                self.sink.refused(refusal.reason.value)
+            raise refusal
+        return call
+
+    def _degraded(self, now: float) -> bool:
+        breaker = self._breaker
+        return ((breaker is not None and breaker.state is not BreakerState.CLOSED)
+                or now < self._degraded_until)
+
+    def _judge(self, call: Call, outcome: Outcome) -> None:
+        breaker = self._breaker
+        if breaker is None:
+            return
+        now = self._clock()
+        with self._lock:
+            changed = breaker.record(now, outcome, call)
+            reason, open_for, last = breaker.reason, breaker.open_for(now), breaker.last_failure
+        if changed is not None:
+            self._report(changed, reason, open_for, last)
+
+    def _retry(self, call: Call, reason: RetryReason, last_error: BaseException | None) -> None:
+        allowed = True
+        with self._lock:
+            if self._budget is not None:
+                allowed = self._budget.withdraw(self._clock())
+            if allowed:
+                self._retried[reason] += 1
+            else:
+                self._refused[Refusal.BUDGET] += 1
+                self._budget_refused[reason] += 1
+        if self.sink is not None:
+            if allowed:
+                self.sink.retried(reason.value)
+            else:
+                self.sink.refused(Refusal.BUDGET.value)
+        if not allowed:
+            raise RetryBudgetExhaustedError(self.origin, reason, last_error) from last_error
+
+    def _done(self, call: Call) -> None:
+        with self._lock:
+            self._in_flight.discard(call)
+            if self._breaker is not None:
+                self._breaker.release(call)
+            if (self._latencies is not None and call._responded and not call._failed
+                    and not call.stalled):
+                self._latencies.add(call.route, call._max_gap)
+
+    def _report(self, state: BreakerState, reason: str, open_for: float,
+                last: Outcome | None) -> None:
+        if state is BreakerState.OPEN:
+            after = f", last {last.value}" if last is not None else ""
+            log.warning("circuit breaker for %s opened: %s%s; calls refused for %.1f s",
+                        self.origin, reason, after, open_for)
+        elif state is BreakerState.CLOSED:
+            log.warning("circuit breaker for %s closed: its probe succeeded", self.origin)
+        else:
+            log.info("circuit breaker for %s half-open: one call probes", self.origin)
+        if self.sink is not None:
+            self.sink.transition(state.value)
+
+    # --- stalls -----------------------------------------------------------------------
+
+    def sweep(self) -> list[Call]:
+        """The calls in flight that have waited on the upstream longer than their route's
+        stall limit, each returned once: the pool shuts their sockets down (``on_abort``),
+        their read fails, and :meth:`Call.failed` counts :attr:`Outcome.STALLED`. Call it
+        every fraction of a second while calls are in flight (a watchdog thread for the
+        sync pools, a task for the async ones); the origin is then degraded for
+        :data:`STALL_MEMORY` seconds."""
+        latencies = self._latencies
+        if latencies is None or not self._in_flight:
+            return []
+        now = self._clock()
+        found: list[Call] = []
+        with self._lock:
+            floor = self.settings.stall_floor
+            for call in self._in_flight:
+                if not call._waiting or call.stalled:
+                    continue
+                waited = now - call._last
+                if waited < floor:
+                    continue
+                limit = latencies.limit(call.route, call.read_timeout)
+                if limit is not None and waited >= limit:
+                    call.stalled = True
+                    call._stall = (waited, limit)
+                    found.append(call)
+            if found:
+                self._stalled += len(found)
+                self._degraded_until = now + STALL_MEMORY
+        for call in found:
+            waited, limit = call._stall
+            log.warning("call to %s (%s) stalled: no progress for %.1f s, limit %.1f s; "
+                        "aborting it", self.origin, call.route or "-", waited, limit)
+            if self.sink is not None:
+                self.sink.stalled()
+        return found
+
+    # --- addresses --------------------------------------------------------------------
+
+    def start_refresh(self) -> bool:
+        """Whether the caller should resolve the origin's name now; only one caller is told
+        so until it reports :meth:`resolved` or :meth:`resolve_failed`."""
+        if self._addresses is None:
+            return False
+        with self._lock:
+            return self._addresses.start_refresh(self._clock())
+
+    def refresh_due(self) -> bool:
+        """Whether a resolution is due (and none under way)."""
+        if self._addresses is None:
+            return False
+        with self._lock:
+            return self._addresses.refresh_due(self._clock())
+
+    def resolved(self, addresses: Iterable[str]) -> tuple[str, ...]:
+        """Record the name's addresses; the ones now gone (close their idle connections)."""
+        if self._addresses is None:
+            return ()
+        with self._lock:
+            before = self._addresses.refreshes
+            gone = self._addresses.resolved(self._clock(), addresses)
+            result = "success" if self._addresses.refreshes > before else "empty"
+        if self.sink is not None:
+            self.sink.refreshed(result)
+        return gone
+
+    def resolve_failed(self) -> None:
+        """Resolution failed: the last good addresses stay."""
+        if self._addresses is None:
+            return
+        with self._lock:
+            self._addresses.resolve_failed(self._clock())
+        if self.sink is not None:
+            self.sink.refreshed("failure")
+
+    def candidates(self, tried: Collection[str] = ()) -> list[str]:
+        """Addresses for a new connection, best first (``[]``: balancing off or nothing
+        resolved; the pool connects as urllib3 would)."""
+        if self._addresses is None:
+            return []
+        with self._lock:
+            return self._addresses.candidates(self._clock(), tried)
+
+    def usable(self, address: str) -> bool:
+        """Whether an idle connection to ``address`` may be reused (not gone, not ejected)."""
+        if self._addresses is None:
+            return True
+        with self._lock:
+            return self._addresses.usable(self._clock(), address)
+
+    def connected(self, address: str) -> None:
+        if self._addresses is not None:
+            with self._lock:
+                self._addresses.connected(address)
+
+    def disconnected(self, address: str) -> None:
+        """A connection to ``address`` closed (for any reason)."""
+        if self._addresses is not None:
+            with self._lock:
+                self._addresses.disconnected(address)
+
+    def connect_failed(self, address: str) -> None:
+        if self._addresses is None:
+            return
+        now = self._clock()
+        with self._lock:
+            until = self._addresses.connect_failed(now, address)
+        if until is not None:
+            log.info("address %s of %s ejected for %.1f s after failed connects",
+                     address, self.origin, until - now)
+            if self.sink is not None:
+                self.sink.ejected()
+
+    # --- for /health -------------------------------------------------------------------
+
+    def snapshot(self) -> PolicySnapshot:
+        """The policy now, under its lock."""
+        now = self._clock()
+        with self._lock:
+            b = self._breaker
+            breaker = None
+            if b is not None:
+                calls, failures = b.window_totals(now)
+                breaker = BreakerSnapshot(
+                    state=b.state.value, open_for=round(b.open_for(now), 3), reason=b.reason,
+                    last_failure=None if b.last_failure is None else b.last_failure.value,
+                    consecutive_failures=b.consecutive, window_calls=calls,
+                    window_failures=failures, opens=b.opens)
+            budget = None
+            if self._budget is not None:
+                firsts, retries = self._budget.totals(now)
+                budget = BudgetSnapshot(
+                    first_attempts=firsts, retries=retries,
+                    allowed=round(self._budget.allowed(now), 3),
+                    retried={r.value: n for r, n in self._retried.items()},
+                    refused={r.value: n for r, n in self._budget_refused.items()})
+            addresses: tuple[AddressSnapshot, ...] = ()
+            age = None
+            if self._addresses is not None:
+                addresses = tuple(
+                    AddressSnapshot(address=a.address, state=a.state(now).value,
+                                    connections=a.connections, failures=a.failures,
+                                    ejected_for=round(max(0.0, a.ejected_until - now), 3),
+                                    ejections=a.ejections)
+                    for a in self._addresses.all())
+                if self._addresses.resolved_at is not None:
+                    age = round(now - self._addresses.resolved_at, 3)
+            return PolicySnapshot(
+                origin=self.origin, breaker=breaker, in_flight=len(self._in_flight),
+                limit=self.limit if self.settings.bulkhead else None,
+                degraded=self._degraded(now), stalled=self._stalled,
+                refused={r.value: n for r, n in self._refused.items()}, budget=budget,
+                addresses=addresses, resolved_age=age,
+                routes={} if self._latencies is None else self._latencies.routes())
