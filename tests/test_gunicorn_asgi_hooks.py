@@ -188,3 +188,25 @@ def test_uvicorn_worker_gets_the_middleware(gunicorn, upstream: Upstream):
     assert health["totals"]["requests"] == upstream.stats()["requests"] == 3
     assert stop(server, signal.SIGTERM) == 0
     assert_clean_log(server)
+
+
+def test_a_sync_call_on_the_loop_is_named_once_per_worker(gunicorn, upstream: Upstream):
+    """-k asgi -w 1: a sync call made on the event loop's thread is logged as a WARNING once
+    (five calls), naming the app's file and line; the calls still go through. With
+    POOLCLIENT_LOOP_CALLS=error it is a 500 and the upstream sees nothing."""
+    line = next(n for n, text in enumerate(open(os.path.join(ROOT, "tests/apps/asgi_raw_app.py")),
+                                           start=1) if "BLOCKING-CALL" in text)
+    env = {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca}
+    server = gunicorn(["-w", "1", "-k", "asgi", APP], env)
+    for _ in range(5):
+        assert get_json(server.url + "/blocking")[0] == 200
+    assert upstream.stats()["requests"] == 5
+    site = f"tests/apps/asgi_raw_app.py:{line} in app"
+    assert server.log().count(site) == 1, server.log()
+    assert "httpx2_async_transport()" in server.log()
+
+    strict = gunicorn(["-w", "1", "-k", "asgi", APP], {**env, "POOLCLIENT_LOOP_CALLS": "error"})
+    with urllib3.PoolManager(retries=False) as http:
+        assert http.request("GET", strict.url + "/blocking").status == 500
+    assert upstream.stats()["requests"] == 5
+    assert "LoopBlockingError" in strict.log() and site in strict.log()

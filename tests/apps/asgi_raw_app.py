@@ -6,7 +6,9 @@ finds the registry at ``scope["state"]["http.pool"]``. Routes:
 - ``/who``: this process's pid, what the state holds, and whether it is this worker's
   process-global registry;
 - ``/async``: one upstream call through the registry's async httpx2 transport;
-- ``/sync``: one upstream call through the sync pools, in a thread (never on the loop).
+- ``/sync``: one upstream call through the sync pools, in a thread (never on the loop);
+- ``/blocking``: the same call made on the event loop's thread (the mistake
+  ``POOLCLIENT_LOOP_CALLS`` names).
 
 Each upstream call is stamped with the calling process's pid (``X-Client-Pid``).
 """
@@ -54,6 +56,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _answer(send, 200, {"pid": os.getpid(), "upstream_status": r.status_code})
     elif path == "/sync":
         r = await asyncio.to_thread(pool.request, "GET", UPSTREAM + "/echo", headers=headers)
+        await _answer(send, 200, {"pid": os.getpid(), "upstream_status": r.status})
+    elif path == "/blocking":
+        r = pool.request("GET", UPSTREAM + "/echo", headers=headers)  # BLOCKING-CALL
         await _answer(send, 200, {"pid": os.getpid(), "upstream_status": r.status})
     else:
         await _answer(send, 404, {"error": "not found"})
