@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import importlib.util
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -182,10 +183,60 @@ def _observe_all(child: Any, values: list[float]) -> None:
 
 
 def pool_sink(scheme: str, host: str, port: int) -> EventSink | None:
-    """The sink for a new pool, or ``None`` without prometheus-client."""
-    if not available():
+    """The sink for a new pool: Prometheus' with prometheus-client, OpenTelemetry's where a
+    meter provider is configured (:mod:`poolclient.integrations.otel`), both, or ``None``."""
+    sinks: list[EventSink] = []
+    if available():
+        sinks.append(PrometheusSink(_get_families(), (scheme, host, str(port))))
+    otel = _otel_sink(scheme, host, port)
+    if otel is not None:
+        sinks.append(otel)
+    if len(sinks) > 1:
+        return FanOut(sinks)
+    return sinks[0] if sinks else None
+
+
+def _otel_sink(scheme: str, host: str, port: int) -> EventSink | None:
+    # Whoever configures a meter provider has imported OpenTelemetry's metrics API: where
+    # it is not imported, or no provider is set (the API's stand-in or no-op), poolclient's
+    # module is not imported either. Once per new pool, never per request.
+    api = sys.modules.get("opentelemetry.metrics")
+    if api is None:
         return None
-    return PrometheusSink(_get_families(), (scheme, host, str(port)))
+    otel = sys.modules.get("poolclient.integrations.otel")  # enabled with a provider of its own
+    if otel is None:
+        if type(api.get_meter_provider()).__name__ in ("_ProxyMeterProvider",
+                                                        "NoOpMeterProvider"):
+            return None
+        from .integrations import otel
+    return otel.pool_sink(scheme, host, port)  # type: ignore[no-any-return]
+
+
+class FanOut:
+    """An :class:`~poolclient.stats.EventSink` handing each event to several."""
+
+    def __init__(self, sinks: list[EventSink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def publish(self, batch: Batch) -> None:
+        for sink in self.sinks:
+            sink.publish(batch)
+
+    def opened(self) -> None:
+        for sink in self.sinks:
+            sink.opened()
+
+    def failed(self, kind: str) -> None:
+        for sink in self.sinks:
+            sink.failed(kind)
+
+    def closed(self, reason: str) -> None:
+        for sink in self.sinks:
+            sink.closed(reason)
+
+    def retried(self) -> None:
+        for sink in self.sinks:
+            sink.retried()
 
 
 def inherited(connections: Sequence[Inherited]) -> None:
