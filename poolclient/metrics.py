@@ -203,13 +203,13 @@ def _otel_sink(scheme: str, host: str, port: int) -> EventSink | None:
     api = sys.modules.get("opentelemetry.metrics")
     if api is None:
         return None
-    otel = sys.modules.get("poolclient.integrations.otel")  # enabled with a provider of its own
-    if otel is None:
-        if type(api.get_meter_provider()).__name__ in ("_ProxyMeterProvider",
-                                                        "NoOpMeterProvider"):
-            return None
-        from .integrations import otel
-    return otel.pool_sink(scheme, host, port)  # type: ignore[no-any-return]
+    # (Already imported: enabled with a provider of its own, perhaps.)
+    if "poolclient.integrations.otel" not in sys.modules and type(
+            api.get_meter_provider()).__name__ in ("_ProxyMeterProvider", "NoOpMeterProvider"):
+        return None
+    from .integrations import otel
+
+    return otel.pool_sink(scheme, host, port)
 
 
 class FanOut:
