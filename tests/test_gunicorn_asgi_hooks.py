@@ -210,3 +210,36 @@ def test_a_sync_call_on_the_loop_is_named_once_per_worker(gunicorn, upstream: Up
         assert http.request("GET", strict.url + "/blocking").status == 500
     assert upstream.stats()["requests"] == 5
     assert "LoopBlockingError" in strict.log() and site in strict.log()
+
+
+def test_dirty_worker_gets_its_own_pools_sized_by_dirty_threads(upstream: Upstream, tmp_path):
+    """A dirty app (gunicorn 25+) that called the upstream in init() and again per action:
+    after dirty_worker_init its pools have dirty_threads (3) connections per origin, not the
+    default 10, and each upstream connection is written by one process (the dirty
+    worker's, not the HTTP worker's)."""
+    # Not the gunicorn fixture: it counts the master's children, and the dirty arbiter is one.
+    server = Gunicorn(["-w", "1", "-k", "asgi", "--dirty-app",
+                       "tests.apps.asgi_raw_app:DirtyRelay", "--dirty-workers", "1",
+                       "--dirty-threads", "3", APP],
+                      {"UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca},
+                      str(tmp_path / "gunicorn.log"))
+    try:
+        def relayed() -> dict:
+            if server.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited:\n{server.log()}")
+            try:
+                status, doc = get_json(server.url + "/dirty")
+            except urllib3.exceptions.HTTPError:
+                return {}
+            return doc if status == 200 else {}
+
+        doc = wait_for(relayed, 30, "the dirty worker to answer")
+        http_worker = get_json(server.url + "/who")[1]["pid"]
+        assert doc["upstream_status"] == 200 and doc["pid"] != http_worker
+        assert doc["maxsize"] == 3 and doc["pools"] == [3]
+        seen = upstream.stats()
+        assert seen["requests"] == 2  # init() and relay
+        assert all(c["pids"] == [str(doc["pid"])] for c in seen["connections"])
+        assert stop(server, signal.SIGTERM) == 0
+    finally:
+        server.stop()

@@ -8,7 +8,9 @@ finds the registry at ``scope["state"]["http.pool"]``. Routes:
 - ``/async``: one upstream call through the registry's async httpx2 transport;
 - ``/sync``: one upstream call through the sync pools, in a thread (never on the loop);
 - ``/blocking``: the same call made on the event loop's thread (the mistake
-  ``POOLCLIENT_LOOP_CALLS`` names).
+  ``POOLCLIENT_LOOP_CALLS`` names);
+- ``/dirty``: the :class:`DirtyRelay` dirty app's ``relay`` (gunicorn 25+, with
+  ``--dirty-app tests.apps.asgi_raw_app:DirtyRelay``): one call from a dirty worker.
 
 Each upstream call is stamped with the calling process's pid (``X-Client-Pid``).
 """
@@ -21,6 +23,7 @@ import os
 from typing import Any
 
 import httpx2
+from gunicorn.dirty import DirtyApp, get_dirty_client_async
 
 import poolclient
 
@@ -60,5 +63,25 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/blocking":
         r = pool.request("GET", UPSTREAM + "/echo", headers=headers)  # BLOCKING-CALL
         await _answer(send, 200, {"pid": os.getpid(), "upstream_status": r.status})
+    elif path == "/dirty":
+        dirty = await get_dirty_client_async()
+        await _answer(send, 200, await dirty.execute_async(
+            "tests.apps.asgi_raw_app:DirtyRelay", "relay"))
     else:
         await _answer(send, 404, {"error": "not found"})
+
+
+class DirtyRelay(DirtyApp):  # type: ignore[misc]
+    """A dirty app that calls the upstream once at init() and once per ``relay``."""
+
+    def init(self) -> None:
+        poolclient.get_registry().request("GET", UPSTREAM + "/echo",
+                                          headers={"X-Client-Pid": str(os.getpid())})
+
+    def relay(self) -> dict[str, Any]:
+        registry = poolclient.get_registry()
+        r = registry.request("GET", UPSTREAM + "/echo",
+                             headers={"X-Client-Pid": str(os.getpid())})
+        return {"pid": os.getpid(), "upstream_status": r.status,
+                "maxsize": registry.maxsize,
+                "pools": [pool.maxsize for pool in registry.stats().pools]}
