@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .errors import ConfigError, ForkSafetyError, PoolClientError
+from .errors import ConfigError, ForkSafetyError, LoopBlockingError, PoolClientError
 
 if TYPE_CHECKING:
     from .middleware import PoolClientMiddleware, from_request
@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceededError",
     "ForkSafetyError",
+    "LoopBlockingError",
     "PoolClientError",
     "PoolClientMiddleware",
     "PoolSnapshot",

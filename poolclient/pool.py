@@ -215,6 +215,7 @@ class CountedPool(_PoolBase):
     idle_timeout: float | None = None
     max_lifetime: float | None = None
     deadline: float | None = None  # seconds per call, for calls that did not start one
+    loop_calls: str | None = None  # POOLCLIENT_LOOP_CALLS of the registry (see loopcheck)
 
     def __init__(self, host: str, port: int | None = None, **kw: Any) -> None:
         scheme = str(self.scheme)

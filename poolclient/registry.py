@@ -96,6 +96,7 @@ class _ProcessPools(PoolManager):
             pool.idle_timeout = self.settings.idle_timeout
             pool.max_lifetime = self.settings.max_lifetime
             pool.deadline = self.settings.deadline
+            pool.loop_calls = self.settings.loop_calls
         return pool
 
     def live_pools(self) -> list[CountedPool]:

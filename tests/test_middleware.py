@@ -18,7 +18,7 @@ from tests.helpers import Upstream
 
 POOL_KEYS = {"scheme", "host", "port", "maxsize", "connections_opened", "requests", "reused",
              "in_use", "idle", "waits", "discarded", "errors", "expired", "retired", "retried",
-             "streaming", "unread"}
+             "streaming", "unread", "cancelled", "kind"}
 
 
 class Recorder:
@@ -118,7 +118,7 @@ def test_health_matches_what_the_upstream_counted(registry: Registry, upstream: 
     assert (pool["in_use"], pool["idle"], pool["waits"], pool["errors"]) == (0, 1, 0, 0)
     assert pool["maxsize"] == registry.maxsize == 4
     assert doc["totals"] == {k: v for k, v in pool.items()
-                             if k not in ("scheme", "host", "port", "maxsize")}
+                             if k not in ("scheme", "host", "port", "maxsize", "kind")}
 
 
 def test_head_health_has_empty_body(own_registry: Registry) -> None:
@@ -290,24 +290,25 @@ GOLDEN = {
         {"scheme": "https", "host": "api.internal", "port": 8443, "maxsize": 4,
          "connections_opened": 3, "requests": 10, "reused": 7, "in_use": 1, "idle": 2,
          "waits": 1, "discarded": 0, "errors": 2, "expired": 3, "retired": 1, "retried": 1,
-         "streaming": 1, "unread": 2},
+         "streaming": 1, "unread": 2, "cancelled": 0, "kind": "sync"},
         {"scheme": "http", "host": "10.0.0.5", "port": 80, "maxsize": 2,
          "connections_opened": 1, "requests": 4, "reused": 3, "in_use": 0, "idle": 1,
          "waits": 0, "discarded": 5, "errors": 0, "expired": 0, "retired": 2, "retried": 0,
-         "streaming": 0, "unread": 0},
+         "streaming": 0, "unread": 0, "cancelled": 0, "kind": "sync"},
     ],
     "totals": {"connections_opened": 4, "requests": 14, "reused": 10, "in_use": 1, "idle": 3,
                "waits": 1, "discarded": 5, "errors": 2, "expired": 3, "retired": 3,
-               "retried": 1, "streaming": 1, "unread": 2},
+               "retried": 1, "streaming": 1, "unread": 2, "cancelled": 0},
     "checks": {
         "api.internal:8443:connections": [{
             "componentId": "https://api.internal:8443", "componentType": "component",
-            "observedValue": 1, "observedUnit": "in use of 4", "status": "pass"}],
+            "kind": "sync", "observedValue": 1, "observedUnit": "in use of 4", "status": "pass"}],
         "10.0.0.5:80:connections": [{
             "componentId": "http://10.0.0.5:80", "componentType": "component",
-            "observedValue": 0, "observedUnit": "in use of 2", "status": "pass"}],
+            "kind": "sync", "observedValue": 0, "observedUnit": "in use of 2", "status": "pass"}],
     },
     "inherited_connections": [],
+    "abandoned_connections": 0,
 }
 
 
@@ -329,7 +330,8 @@ def test_health_document_without_pools() -> None:
     """An empty snapshot renders no pools and all-zero totals."""
     doc = health_document(RegistrySnapshot(pid=1, pools=()))
     assert doc == {"status": "pass", "pid": 1, "pools": [], "checks": {}, "totals": {
-        k: 0 for k in GOLDEN["totals"]}, "inherited_connections": []}
+        k: 0 for k in GOLDEN["totals"]}, "inherited_connections": [],
+        "abandoned_connections": 0}
 
 
 def test_health_document_names_inherited_connections_and_warns() -> None:
