@@ -195,9 +195,11 @@ class AddressSet:
         if known.ejected_until:  # healthy since the last ejection ended: decay
             healthy = max(0.0, now - known.ejected_until)
             known.ejections = max(0, known.ejections - int(healthy // s.eject_time))
-        known.ejections += 1
-        factor = min(known.ejections, EJECT_MAX_FACTOR)
-        known.ejected_until = now + s.eject_time * factor * (1 + EJECT_JITTER * self._random())
+        # Capped, so that an address ejected a hundred times recovers as fast as one
+        # ejected ten times once it is healthy.
+        known.ejections = min(known.ejections + 1, EJECT_MAX_FACTOR)
+        known.ejected_until = now + s.eject_time * known.ejections * (
+            1 + EJECT_JITTER * self._random())
         known.failures = 0
         self.ejections_total += 1
         return known.ejected_until

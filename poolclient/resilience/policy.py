@@ -247,10 +247,9 @@ class OriginPolicy:
         refusal: RefusedError | None = None
         with self._lock:
             breaker = self._breaker
-            if (self.settings.bulkhead and len(self._in_flight) >= self.limit
-                    and self._degraded(now)):
-                refusal = BulkheadFullError(self.origin, len(self._in_flight), self.limit)
-            elif breaker is not None and breaker.state is not BreakerState.CLOSED:
+            over = (self.settings.bulkhead and len(self._in_flight) >= self.limit
+                    and self._degraded(now))
+            if breaker is not None and breaker.state is not BreakerState.CLOSED:
                 admitted, changed = breaker.admit(now, call)
                 if not admitted:
                     last = breaker.last_failure
@@ -259,6 +258,10 @@ class OriginPolicy:
                         self.origin, breaker.open_until,
                         1.0 if probing else breaker.open_for(now),
                         None if last is None else last.value, probing)
+                elif over:  # calls from before the open still hold the share: no probe yet
+                    breaker.release(call)
+            if refusal is None and over:
+                refusal = BulkheadFullError(self.origin, len(self._in_flight), self.limit)
             if refusal is None:
                 self._in_flight.add(call)
                 if self._budget is not None:

@@ -28,10 +28,12 @@ MAX_ROUTES = 64  # per origin; the least recently used route is forgotten first
 
 def route_key(method: str, path: str) -> str:
     """``"POST /v1/chat/completions"``: the method and the path's first four segments,
-    without the query, segments holding a digit (ids) as ``*``."""
+    without the query, those that look like ids as ``*`` (all digits, or a digit in more
+    than three characters: ``42`` and ``thread_ab12`` are ids, ``v1`` is not)."""
     path = path.split("?", 1)[0]
     segments = [
-        "*" if any(c.isdigit() for c in segment) else segment
+        "*" if segment.isdigit() or (len(segment) > 3 and any(c.isdigit() for c in segment))
+        else segment
         for segment in path.split("/")[1:5]
     ]
     return f"{method.upper()} /{'/'.join(segments)}"
