@@ -1,9 +1,14 @@
 """The benchmark's report: pure functions from the runs of ``bench.run`` to tables (one row
-group per scenario), the targets of issues 5, 13 and 16, a Markdown page and a plot. Nothing
-here starts a process or times anything, so a report can be re-rendered from
-``docs/bench.json`` (one written before issue 16, without scenarios, reads as ``a-ca``)::
+group per scenario), the targets of issues 5, 13 and 16 (the WSGI apps) and 23 (the ASGI
+apps), a Markdown page and a plot. Nothing here starts a process or times anything, so a
+report can be re-rendered from ``docs/bench.json`` (one written before issue 16, without
+scenarios, reads as ``a-ca``) or ``docs/bench-asgi.json``::
 
     python -m bench.report docs/bench.json docs [README.md]
+
+Each kind of app has a report of its own (:data:`KINDS`): its own files and its own block in
+the README, so that a run of one kind (``bench.run --kinds asgi``) leaves the other's report
+as it was.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,15 @@ POOLED = (SHARED, BASELINE, REQUEST, SESSION, OPENAI_SHARED, OPENAI_POOLED)
 PEERS = {REQUEST: (PER_REQUEST, SHARED, BASELINE), SESSION: (PER_REQUEST, SHARED, BASELINE),
          OPENAI_POOLED: (OPENAI_PER_REQUEST, OPENAI_SHARED)}
 OLD = "a-ca"  # what a bench.json without scenarios measured
+
+# The ASGI contenders (bench/asgi_contenders.py, gunicorn -k asgi).
+HTTPX_PER_REQUEST = "httpx.AsyncClient per request"
+ANCHOR = "httpx2.AsyncClient made in lifespan"
+AIOHTTP = "aiohttp ClientSession made in lifespan"
+ASYNC_POOLED = "httpx2.AsyncClient on poolclient's transport"
+ASYNC_OPENAI_SHARED = "AsyncOpenAI made in lifespan (httpx2's pool)"
+ASYNC_OPENAI_POOLED = "AsyncOpenAI on poolclient's transport"
+POOLCLIENT = (REQUEST, SESSION, OPENAI_POOLED, ASYNC_POOLED, ASYNC_OPENAI_POOLED)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -220,6 +235,62 @@ def targets(found: Mapping[str, Sequence[Mapping[str, Any]]], connections: int,
     return out
 
 
+def asgi_targets(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Issue 23's targets: poolclient's async pools against the httpx2.AsyncClient made in
+    lifespan, CPU per call in every scenario that ran (medians over rounds) and the p99 of
+    the first request after an idle gap in (d)."""
+    out: list[dict[str, Any]] = []
+    for key, rows in found.items():
+        mine, anchor = _row(rows, ASYNC_POOLED), _row(rows, ANCHOR)
+        if mine is None or anchor is None:
+            continue
+        ratio = mine["cpu_per_1k"] / anchor["cpu_per_1k"]
+        out.append(_target(f"({key}) {ASYNC_POOLED}: CPU per call no more than the {ANCHOR}'s",
+                           f"{mine['cpu_per_1k']:.3f} against {anchor['cpu_per_1k']:.3f} s per "
+                           f"1k ({ratio:.2f}x)", ratio <= 1.0))
+        if SCENARIOS[key].bursts and mine["first_p99_ms"] is not None \
+                and anchor["first_p99_ms"] is not None:
+            out.append(_target(f"({key}) {ASYNC_POOLED}: p99 of the first request after a gap "
+                               f"below the {ANCHOR}'s",
+                               f"{mine['first_p99_ms']:.2f} ms against "
+                               f"{anchor['first_p99_ms']:.2f} ms",
+                               mine["first_p99_ms"] < anchor["first_p99_ms"]))
+    return out
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of app's report: its baseline, files, README block and targets."""
+
+    key: str
+    baseline: str  # the ratio column's denominator, paired by round
+    against: str  # the baseline as the ratio column names it
+    stem: str  # docs/<stem>.json, .md and .png
+    start: str  # the README block's markers
+    end: str
+    title: str
+    issues: str
+    targets: Callable[[Mapping[str, Sequence[Mapping[str, Any]]], Mapping[str, Any]],
+                      list[dict[str, Any]]]
+    notes: str = ""  # said on the page after the explanation of the columns
+
+
+KINDS = {k.key: k for k in (
+    Kind("wsgi", BASELINE, "bare urllib3", "bench", BLOCK_START, BLOCK_END,
+         "Benchmark: calling an upstream from gunicorn", "issues 5, 13 and 16",
+         lambda found, raw: targets(found, raw["workers"] * raw["threads"],
+                                    raw.get("callgrind"), raw.get("callgrind_sdk"))),
+    Kind("asgi", ANCHOR, "httpx2 in lifespan", "bench-asgi",
+         "<!-- bench-asgi:start (written by make bench) -->", "<!-- bench-asgi:end -->",
+         "Benchmark: calling an upstream from gunicorn's ASGI worker", "issue 23",
+         lambda found, raw: asgi_targets(found),
+         "\n\nThe ASGI apps (`bench/asgi_contenders.py`, Starlette) run under `gunicorn -k "
+         "asgi` on the asyncio loop, one event loop per worker, so no threads; their upstream "
+         "scenarios are the WSGI apps' but (a-ca), whose figures only continue the WSGI "
+         "apps' from before issue 16."),
+)}
+
+
 def target_lines(found: Sequence[Mapping[str, Any]]) -> list[str]:
     verdict = {True: "met", False: "NOT MET", None: "not measured"}
     return [f"- {verdict[t['met']]}: {t['target']}: {t['figure']}" for t in found]
@@ -242,8 +313,10 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + suffix
 
 
-def table(rows: Sequence[Mapping[str, Any]], bursts: bool = False) -> str:
-    """The Markdown table of one scenario's medians."""
+def table(rows: Sequence[Mapping[str, Any]], bursts: bool = False,
+          against: str = "bare urllib3") -> str:
+    """The Markdown table of one scenario's medians; ``against``: the baseline's name in the
+    ratio column's heading."""
     if bursts:
         head = ["| contender | first after a gap: p50 ms | p99 ms | n | req/s in bursts | "
                 "p99 ms, all | TLS handshakes per 10k req | resumed | CPU s per 1k req | "
@@ -255,7 +328,7 @@ def table(rows: Sequence[Mapping[str, Any]], bursts: bool = False) -> str:
                  f"{_num(r['resumed_rate'], '.0%')} | {r['cpu_per_1k']:.3f} | "
                  f"{_num(r['rss_mib'], '.1f')} |" for r in rows]
         return "\n".join(head + lines)
-    head = ["| contender | req/s | vs bare urllib3 | p50 ms | p99 ms | "
+    head = [f"| contender | req/s | vs {against} | p50 ms | p99 ms | "
             "TLS handshakes per 10k req | resumed | CPU s per 1k req | RSS MiB per worker |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines = [f"| {r['contender']} | {r['rps']:,.0f} | {_num(r['ratio'], '.2f')}x | "
@@ -279,14 +352,15 @@ def tax_table(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def readme_block(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+def readme_block(found: Mapping[str, Sequence[Mapping[str, Any]]],
+                 against: str = "bare urllib3") -> str:
     """What the README shows between its markers (``docs/bench.md`` has it too): one table
     per scenario, the realistic upstreams first, and the reconnect tax."""
     parts = []
     for key, rows in found.items():
         scenario = SCENARIOS[key]
         parts.append(f"**{scenario.title}**: {scenario.stands_for}.\n\n"
-                     f"{table(rows, scenario.bursts)}")
+                     f"{table(rows, scenario.bursts, against)}")
     taxed = tax_table(found)
     if taxed:
         parts.append("**Reconnect tax**: req/s in (b) and (c) over the contender's own in "
@@ -296,9 +370,11 @@ def readme_block(found: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
 
 def markdown(found: Mapping[str, Sequence[Mapping[str, Any]]],
              verdicts: Sequence[Mapping[str, Any]], meta: Mapping[str, str],
-             raw: Mapping[str, Any] | None = None) -> str:
-    """``docs/bench.md``: what ran, where, the tables, the spread, the targets."""
+             raw: Mapping[str, Any] | None = None, kind: Kind | None = None) -> str:
+    """``docs/bench.md`` (or the ASGI apps' ``docs/bench-asgi.md``): what ran, where, the
+    tables, the spread, the targets."""
     raw = raw or {}
+    kind = kind or KINDS["wsgi"]
     rounds = max((r["rounds"] for rows in found.values() for r in rows), default=0)
     spread = "\n".join(
         f"| {key} | {r['contender']} | {r['rps_min']:,.0f} | {r['rps_max']:,.0f} | "
@@ -311,7 +387,9 @@ def markdown(found: Mapping[str, Sequence[Mapping[str, Any]]],
             "after a 1 s warm-up burst" if raw.get("gaps") else "n/a")
     counted = "\n\n".join(_counted(raw.get(key)) for key in ("callgrind", "callgrind_sdk")
                           if key == "callgrind" or raw.get(key))
-    return f"""# Benchmark: calling an upstream from gunicorn
+    instructions = (f"## Instructions per call (callgrind)\n\n{counted}\n\n"
+                    if kind.key == "wsgi" else "")
+    return f"""# {kind.title}
 
 Written by `{meta['command']}` on {meta['date']}; medians of {rounds} interleaved rounds\
 {f" ({meta['wall']} in all)" if meta.get('wall') else ""}.
@@ -323,24 +401,20 @@ wrk {meta['wrk']}
 - trust: {bundle} (scenario a-ca: the test CA alone)
 - (d): {gaps}; bench/burst.py
 
-{readme_block(found)}
+{readme_block(found, kind.against)}
 
-"vs bare urllib3" is the median over rounds of each round's ratio in the same scenario, so a
+"vs {kind.against}" is the median over rounds of each round's ratio in the same scenario, so a
 slow stretch of the machine, which falls on every contender of that round, cancels.
 Handshakes are counted by the upstream (one per connection it accepted) over the whole run,
 gunicorn's start included, and "resumed" is the share of them nginx resumed
 (`$ssl_session_reused`). CPU is gunicorn's (master and workers) during the load; RSS is
 each worker's VmRSS just before it was stopped, averaged over the workers. For (d), "first
 after a gap" is each client's first request after each idle gap, pooled over the rounds
-(n of them).
+(n of them).{kind.notes}
 
-![req/s per contender and scenario; (d): p99 of the first request after a gap](bench.png)
+![req/s per contender and scenario; (d): p99 of the first request after a gap]({kind.stem}.png)
 
-## Instructions per call (callgrind)
-
-{counted}
-
-## Spread and counts
+{instructions}## Spread and counts
 
 | scenario | contender | req/s min | req/s max | CPU s per 1k req: gunicorn | nginx | \
 load generator | most handshakes in a run | resumed | errors |
@@ -351,18 +425,25 @@ The three share the machine's cores: nginx's and the load generator's CPU per re
 what a contender cannot change, and they bound how far its req/s can rise above another's
 when its own CPU per request falls.
 
-## Targets (issues 5, 13 and 16)
+## Targets ({kind.issues})
 
 {chr(10).join(target_lines(verdicts))}
 """
 
 
-def replace_block(text: str, block: str) -> str:
+def has_block(text: str, start_marker: str = BLOCK_START, end_marker: str = BLOCK_END
+              ) -> bool:
+    start, end = text.find(start_marker), text.find(end_marker)
+    return 0 <= start < end
+
+
+def replace_block(text: str, block: str, start_marker: str = BLOCK_START,
+                  end_marker: str = BLOCK_END) -> str:
     """``text`` with what stands between the benchmark markers replaced by ``block``."""
-    start, end = text.find(BLOCK_START), text.find(BLOCK_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"bench: README has no '{BLOCK_START}' ... '{BLOCK_END}' block")
-    return text[:start + len(BLOCK_START)] + "\n" + block + "\n" + text[end:]
+    if not has_block(text, start_marker, end_marker):
+        raise SystemExit(f"bench: README has no '{start_marker}' ... '{end_marker}' block")
+    start, end = text.find(start_marker), text.find(end_marker)
+    return text[:start + len(start_marker)] + "\n" + block + "\n" + text[end:]
 
 
 def plot(found: Mapping[str, Sequence[Mapping[str, Any]]], meta: Mapping[str, str],
@@ -381,8 +462,7 @@ def plot(found: Mapping[str, Sequence[Mapping[str, Any]]], meta: Mapping[str, st
     for ax, (key, rows) in zip(axes[0], found.items(), strict=True):
         scenario = SCENARIOS[key]
         by_name = {r["contender"]: r for r in rows}
-        colours = ["#4c72b0" if n.startswith("poolclient") or n == OPENAI_POOLED
-                   else "#999999" for n in names]
+        colours = ["#4c72b0" if n in POOLCLIENT else "#999999" for n in names]
         if scenario.bursts:
             values = [(by_name[n]["first_p99_ms"] or 0.0) if n in by_name else 0.0
                       for n in names]
@@ -419,25 +499,30 @@ def plot(found: Mapping[str, Sequence[Mapping[str, Any]]], meta: Mapping[str, st
     plt.close(fig)
 
 
-def render(raw: Mapping[str, Any], baseline: str, out: Path, readme: Path | None) -> str:
-    """Write ``bench.md`` and ``bench.png`` into ``out`` and the README's block from a
-    ``bench.json``'s contents; answer the text for the console."""
-    found = groups(raw["runs"], baseline)
-    verdicts = targets(found, raw["workers"] * raw["threads"], raw.get("callgrind"),
-                       raw.get("callgrind_sdk"))
-    (out / "bench.md").write_text(markdown(found, verdicts, raw["meta"], raw) + "\n")
-    plot(found, raw["meta"], out / "bench.png")
-    block = readme_block(found)
+def render(raw: Mapping[str, Any], baseline: str | None, out: Path,
+           readme: Path | None) -> str:
+    """Write the kind's page and plot (``bench.md`` and ``bench.png``, or
+    ``bench-asgi.*``) into ``out`` and its block of the README from a ``bench.json``'s
+    contents (``raw["kind"]``, the WSGI apps' when absent); answer the text for the
+    console. ``baseline``: the ratios' denominator, the kind's own when ``None``."""
+    kind = KINDS[raw.get("kind", "wsgi")]
+    found = groups(raw["runs"], baseline or kind.baseline)
+    verdicts = kind.targets(found, raw)
+    (out / f"{kind.stem}.md").write_text(markdown(found, verdicts, raw["meta"], raw, kind)
+                                         + "\n")
+    plot(found, raw["meta"], out / f"{kind.stem}.png")
+    block = readme_block(found, kind.against)
     if readme is not None:
-        readme.write_text(replace_block(readme.read_text(), block))
+        readme.write_text(replace_block(readme.read_text(), block, kind.start, kind.end))
     return block + "\n\n" + "\n".join(target_lines(verdicts))
 
 
 def main(argv: list[str]) -> int:
-    """Re-render the report from a ``bench.json`` into a folder (and a README's block)."""
+    """Re-render the report from a ``bench.json`` (or ``bench-asgi.json``) into a folder
+    (and a README's block)."""
     source, out = Path(argv[0]), Path(argv[1])
     readme = Path(argv[2]) if len(argv) > 2 else None
-    print(render(json.loads(source.read_text()), BASELINE, out, readme))
+    print(render(json.loads(source.read_text()), None, out, readme))
     return 0
 
 

@@ -11,6 +11,13 @@ that a slow stretch of the machine falls on all of them; the report gives median
 rounds and, per round, ratios to bare urllib3 in the same scenario. Then ``bench/callgrind.py``
 counts instructions per request of bare urllib3 and ``.request()`` in one process.
 
+Two kinds of app (``--kinds``, both by default): the WSGI apps of ``bench/contenders.py``
+under gthread workers, and the ASGI apps of ``bench/asgi_contenders.py`` under gunicorn's
+own ASGI worker (``-k asgi``, issue 23), both with the same workers, load and upstreams,
+interleaved in the same rounds. Each kind has a report of its own (``docs/bench.*`` and
+``docs/bench-asgi.*``, and a block of the README each), so that a run of one kind leaves the
+other's as it was.
+
 What each run measures, and where:
 
 - req/s, p50 and p99 latency: wrk's;
@@ -23,7 +30,7 @@ What each run measures, and where:
 - for (d), the latency of each client's first request after an idle gap (``bench/burst.py``).
 
 Usage: ``python -m bench.run [--rounds 5] [--duration 10] [--scenarios b,c,d,a,a-ca]
-[--only NAME] [--out docs] [--readme README.md] [--callgrind 2000]``.
+[--kinds wsgi,asgi] [--only NAME] [--out docs] [--readme README.md] [--callgrind 2000]``.
 """
 
 from __future__ import annotations
@@ -69,7 +76,45 @@ CONTENDERS = {
     "OpenAI module-level client (httpx2's pool)": ("openai_shared", False),
     "OpenAI client on poolclient's transport": ("openai_poolclient", True),
 }
+# The ASGI apps in bench/asgi_contenders.py, served under gunicorn -k asgi.
+ASGI_CONTENDERS = {
+    report.HTTPX_PER_REQUEST: ("httpx_per_request", False),
+    report.ANCHOR: ("httpx2_lifespan", False),
+    report.AIOHTTP: ("aiohttp_lifespan", False),
+    report.ASYNC_POOLED: ("poolclient_async", True),
+    report.ASYNC_OPENAI_SHARED: ("openai_async_default", False),
+    report.ASYNC_OPENAI_POOLED: ("openai_async_poolclient", True),
+}
 BASELINE = "bare urllib3 PoolManager"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of app is served: its module of apps and gunicorn's worker class."""
+
+    key: str
+    module: str
+    worker_class: str
+    contenders: dict[str, tuple[str, bool]]
+
+
+KINDS = {k.key: k for k in (Kind("wsgi", "bench.contenders", "gthread", CONTENDERS),
+                            Kind("asgi", "bench.asgi_contenders", "asgi", ASGI_CONTENDERS))}
+
+
+def kind_of(name: str) -> Kind:
+    return next(k for k in KINDS.values() if name in k.contenders)
+
+
+def parse_kinds(text: str) -> list[str]:
+    """``"asgi"`` or ``"wsgi,asgi"`` (or ``"all"``/empty) to kinds, in :data:`KINDS`' order."""
+    wanted = [k.strip() for k in text.split(",") if k.strip()]
+    if not wanted or wanted == ["all"]:
+        return list(KINDS)
+    unknown = [k for k in wanted if k not in KINDS]
+    if unknown:
+        raise ValueError(f"unknown kind {unknown}; choose from {list(KINDS)}")
+    return [k for k in KINDS if k in wanted]
 # What a run costs besides its load (gunicorn's start and stop, the counting), measured here:
 # for the estimate printed at the start.
 OVERHEAD_S = 3.0
@@ -98,6 +143,7 @@ class Run:
     # and worker), and the load generator's (wrk, or bench/burst.py).
     upstream_cpu_s: float | None = None
     load_cpu_s: float | None = None
+    kind: str = "wsgi"  # which report: KINDS
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
@@ -284,12 +330,14 @@ def run_one(name: str, round_: int, upstream: Upstream, load: Load | float, work
     if not isinstance(load, Load):
         load = Load(duration=load)
     scenario = scenario or SCENARIOS["a-ca"]
-    app, hooked = CONTENDERS[name]
+    kind = kind_of(name)
+    app, hooked = kind.contenders[name]
     port = nginx.free_port()
     ca = upstream.ca_for(scenario)
     env = {**os.environ, "BENCH_UPSTREAM": upstream.url_for(scenario.server), "BENCH_CA": ca,
            "BENCH_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(WORKERS),
-           "GUNICORN_THREADS": str(THREADS), "BENCH_ERRORLOG": str(work / "gunicorn.log"),
+           "GUNICORN_THREADS": str(THREADS), "BENCH_WORKER_CLASS": kind.worker_class,
+           "BENCH_ERRORLOG": str(work / "gunicorn.log"),
            "POOLCLIENT_CA_BUNDLE": ca, "PYTHONPATH": str(ROOT)}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # poolclient's hooks make their own
     if hooked:
@@ -297,7 +345,7 @@ def run_one(name: str, round_: int, upstream: Upstream, load: Load | float, work
     offset = upstream.offset()
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "bench" / "gunicorn.conf.py"),
-         f"bench.contenders:{app}"], env=env, cwd=ROOT)
+         f"{kind.module}:{app}"], env=env, cwd=ROOT)
     try:
         # One answer from each worker is not guaranteed, but a worker that is still
         # booting only delays the first requests; its CPU is read before the load starts.
@@ -324,7 +372,7 @@ def run_one(name: str, round_: int, upstream: Upstream, load: Load | float, work
                errors=int(result["errors"]), upstream_requests=upstream_requests,
                handshakes=handshakes, resumed=resumed, cpu_s=round(cpu, 3), rss_kib=rss,
                first_ms=result.get("first_ms"), upstream_cpu_s=round(upstream_cpu, 3),
-               load_cpu_s=round(load_cpu, 3))
+               load_cpu_s=round(load_cpu, 3), kind=kind.key)
 
 
 STATIC = "static (no upstream)"
@@ -333,9 +381,11 @@ STATIC = "static (no upstream)"
 def contenders_in(key: str, names: list[str], keys: list[str]) -> list[str]:
     """The contenders run in scenario ``key``: all of ``names``, but the static app (it
     calls no upstream, so every scenario would measure the same) only in (a), or in the
-    first scenario when (a) is not run."""
+    first scenario when (a) is not run; and the ASGI apps not in (a-ca), which exists to
+    continue the WSGI apps' figures from before issue 16, unless it is the only one."""
     home = "a" if "a" in keys else keys[0]
-    return [n for n in names if n != STATIC or key == home]
+    return [n for n in names if (n != STATIC or key == home)
+            and not (key == "a-ca" and len(keys) > 1 and n in ASGI_CONTENDERS)]
 
 
 def estimate(names: list[str], keys: list[str], rounds: int, load: Load,
@@ -354,14 +404,22 @@ def round_order(names: list[str], round_: int) -> list[str]:
     return order[::-1] if round_ % 2 else order
 
 
-def machine(command: str) -> dict[str, str]:
+PACKAGES = {
+    "wsgi": ("poolclient", "gunicorn", "urllib3", "requests", "prometheus-client", "httpx2",
+             "openai"),
+    "asgi": ("poolclient", "gunicorn", "starlette", "httpcore2", "httpx2", "httpx", "aiohttp",
+             "openai", "prometheus-client"),
+}
+
+
+def machine(command: str, kind: str = "wsgi") -> dict[str, str]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
-    versions = {name: metadata.version(name) for name in
-                ("poolclient", "gunicorn", "urllib3", "requests", "prometheus-client",
-                 "httpx2", "openai")}
+    versions = {name: metadata.version(name) for name in PACKAGES[kind]}
+    workers = (f"gunicorn gthread, {WORKERS} workers x {THREADS} threads" if kind == "wsgi"
+               else f"gunicorn -k asgi (asyncio), {WORKERS} workers")
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": command,
@@ -372,9 +430,8 @@ def machine(command: str) -> dict[str, str]:
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "nginx": nginx.version().split("/", 1)[-1],
         "wrk": wrk.split("[", 1)[0].strip().split(" ", 1)[-1],
-        "setup": f"gunicorn gthread, {WORKERS} workers x {THREADS} threads; wrk 2 threads, "
-                 f"{CLIENTS} connections (bursts: {CLIENTS} clients); nginx TLS upstream, "
-                 f"1 worker",
+        "setup": f"{workers}; wrk 2 threads, {CLIENTS} connections (bursts: {CLIENTS} "
+                 "clients); nginx TLS upstream, 1 worker",
     }
 
 
@@ -385,37 +442,53 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds of wrk's load per run")
     parser.add_argument("--scenarios", default="all",
                         help=f"comma-separated, from {','.join(SCENARIOS)} (default all)")
+    parser.add_argument("--kinds", default="all",
+                        help=f"comma-separated, from {','.join(KINDS)} (default all): the WSGI "
+                             "apps under gthread workers, the ASGI apps under -k asgi")
     parser.add_argument("--gaps", type=int, default=2, help="(d): idle gaps per run")
     parser.add_argument("--gap", type=float, default=6.0,
                         help="(d): seconds of each idle gap (the upstream's keep-alive "
                              "timeout is 5 s)")
     parser.add_argument("--callgrind", type=int, default=2000, metavar="CALLS",
-                        help="requests per contender under valgrind's callgrind (0: none)")
+                        help="requests per contender under valgrind's callgrind (0: none); "
+                             "WSGI apps only")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="where the report goes")
     parser.add_argument("--readme", default=str(ROOT / "README.md"),
-                        help="README whose benchmark block is replaced ('' for none)")
+                        help="README whose benchmark blocks are replaced ('' for none)")
     parser.add_argument("--only", action="append", default=[], help="a contender (repeatable)")
     args = parser.parse_args(argv)
-    names = args.only or list(CONTENDERS)
-    unknown = [n for n in names if n not in CONTENDERS]
     try:
         keys = scenarios.parse(args.scenarios)
+        kinds = parse_kinds(args.kinds)
     except ValueError as e:
         parser.error(str(e))
+    every = [n for k in kinds for n in KINDS[k].contenders]
+    names = args.only or every
+    unknown = [n for n in names if n not in every]
     if unknown or args.rounds < 1 or args.duration <= 0 or args.gaps < 1:
-        parser.error(f"unknown contender {unknown}; choose from {list(CONTENDERS)}" if unknown
+        parser.error(f"unknown contender {unknown} (of --kinds {','.join(kinds)}); choose "
+                     f"from {every}" if unknown
                      else "--rounds, --duration and --gaps must be positive")
     if args.gap <= 5:
         parser.error("--gap must be longer than the upstream's keep-alive timeout, 5 s")
+    kinds = [k for k in kinds if any(kind_of(n).key == k for n in names)]
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None:  # said now, not after the whole run
+        text = readme.read_text()
+        missing = [f"{report.KINDS[k].start} ... {report.KINDS[k].end}" for k in kinds
+                   if not report.has_block(text, report.KINDS[k].start, report.KINDS[k].end)]
+        if missing:
+            parser.error(f"{readme} has no block {' nor '.join(missing)} for the report "
+                         "(--readme '' for none)")
     load = Load(duration=args.duration, gaps=args.gaps, gap=args.gap)
-    calls = args.callgrind if callgrind.available() else 0
-    if args.callgrind and not calls:
+    calls = args.callgrind if callgrind.available() and "wsgi" in kinds else 0
+    if args.callgrind and "wsgi" in kinds and not calls:
         print("bench: valgrind not found: no instruction counts", file=sys.stderr)
     command = os.environ.get("BENCH_COMMAND") or "python -m bench.run " + " ".join(
         sys.argv[1:] if argv is None else argv)
     seconds = estimate(names, keys, args.rounds, load, calls)
-    print(f"bench: {len(names)} contenders x {len(keys)} scenarios ({','.join(keys)}) x "
-          f"{args.rounds} rounds, {args.duration:g} s each ((d): "
+    print(f"bench: {len(names)} contenders ({','.join(kinds)}) x {len(keys)} scenarios "
+          f"({','.join(keys)}) x {args.rounds} rounds, {args.duration:g} s each ((d): "
           f"{load.seconds(SCENARIOS['d']):g} s); estimate {seconds / 60:.0f} min", flush=True)
     started = time.monotonic()
     runs: list[Run] = []
@@ -429,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name in round_order(contenders_in(key, names, keys), round_):
                         run = run_one(name, round_, nginx_upstream, load, work, SCENARIOS[key])
                         runs.append(run)
-                        print(f"round {round_ + 1}/{args.rounds} {key:4} {name:42} "
+                        print(f"round {round_ + 1}/{args.rounds} {key:4} {name:44} "
                               f"{run.rps:8.1f} req/s  p99 {run.p99_ms:7.2f} ms  "
                               f"handshakes {run.handshakes:5} ({run.resumed} resumed)  "
                               f"errors {run.errors}", flush=True)
@@ -441,18 +514,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(callgrind.summary(sdk_counts), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = machine(command)
-    meta["bundle"] = (f"{scenarios.system_bundle()} "
-                      f"({scenarios.certificates(scenarios.system_bundle())} certificates) "
-                      f"plus the test CA")
-    meta["wall"] = f"{(time.monotonic() - started) / 60:.1f} min"
-    raw = {"meta": meta, "runs": [asdict(r) for r in runs], "workers": WORKERS,
-           "threads": THREADS, "duration": args.duration, "gaps": args.gaps, "gap": args.gap,
-           "clients": CLIENTS, "scenarios": {k: asdict(SCENARIOS[k]) for k in keys},
-           "callgrind": counts, "callgrind_sdk": sdk_counts}
-    (out / "bench.json").write_text(json.dumps(raw, indent=1) + "\n")
-    rendered = report.render(raw, BASELINE, out, Path(args.readme) if args.readme else None)
-    print(rendered)
+    wall = f"{(time.monotonic() - started) / 60:.1f} min"
+    for kind in kinds:
+        meta = machine(command, kind)
+        meta["bundle"] = (f"{scenarios.system_bundle()} "
+                          f"({scenarios.certificates(scenarios.system_bundle())} certificates) "
+                          f"plus the test CA")
+        meta["wall"] = wall if len(kinds) == 1 else f"{wall} for both kinds"
+        mine = [r for r in runs if r.kind == kind]
+        raw = {"meta": meta, "kind": kind, "runs": [asdict(r) for r in mine],
+               "workers": WORKERS, "threads": THREADS if kind == "wsgi" else 1,
+               "duration": args.duration, "gaps": args.gaps, "gap": args.gap,
+               "clients": CLIENTS,
+               "scenarios": {k: asdict(SCENARIOS[k]) for k in keys
+                             if any(r.scenario == k for r in mine)},
+               "callgrind": counts if kind == "wsgi" else None,
+               "callgrind_sdk": sdk_counts if kind == "wsgi" else None}
+        stem = report.KINDS[kind].stem
+        (out / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
+        print(report.render(raw, None, out, readme))
     failed = [r for r in runs if r.errors]
     if failed:
         print(f"bench: {len(failed)} runs had errors", file=sys.stderr)

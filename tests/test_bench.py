@@ -153,6 +153,76 @@ def test_scenarios_upstreams_and_the_static_app():
     assert run.STATIC not in run.contenders_in("b", names, keys)
     assert run.contenders_in("a", names, keys) == names
     assert run.contenders_in("b", names, ["b"]) == names
+    # The ASGI apps run in every scenario but (a-ca), the WSGI figures' continuation,
+    # unless nothing else was asked for.
+    both = names + list(run.ASGI_CONTENDERS)
+    assert run.contenders_in("b", both, ["b", "a-ca"]) == both  # (b): the static app's too
+    assert run.contenders_in("a-ca", both, ["b", "a-ca"]) == names[1:]
+    asgi = list(run.ASGI_CONTENDERS)
+    assert run.contenders_in("a-ca", asgi, ["a-ca"]) == asgi
+
+
+def test_kinds_select_their_apps_and_worker_class():
+    assert run.parse_kinds("") == run.parse_kinds("all") == ["wsgi", "asgi"]
+    assert run.parse_kinds("asgi,wsgi") == ["wsgi", "asgi"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        run.parse_kinds("rsgi")
+    assert run.kind_of(report.ASYNC_POOLED).worker_class == "asgi"
+    assert run.kind_of(report.REQUEST).module == "bench.contenders"
+    assert not set(run.CONTENDERS) & set(run.ASGI_CONTENDERS)
+    # Every app named exists in its module, and the poolclient ones run under the hooks.
+    import bench.asgi_contenders as apps
+
+    for name, (app, hooked) in run.ASGI_CONTENDERS.items():
+        assert callable(getattr(apps, app)), name
+        assert hooked == (name in report.POOLCLIENT), name
+    with pytest.raises(SystemExit):  # an ASGI app outside --kinds wsgi: refused at once
+        run.main(["--kinds", "wsgi", "--only", report.ANCHOR, "--readme", ""])
+
+
+def test_asgi_targets_compare_the_async_pools_with_the_lifespan_client():
+    """Issue 23: CPU per call in every scenario, and the first request after a gap in (d),
+    against one httpx2.AsyncClient made in lifespan."""
+    anchor, mine = report.ANCHOR, report.ASYNC_POOLED
+    runs = [_run(anchor, 0, 1000, scenario="b"), _run(mine, 0, 1100, scenario="b"),
+            _run(anchor, 0, 1000, scenario="d", first_ms=[20.0] * 16),
+            _run(mine, 0, 900, scenario="d", first_ms=[10.0] * 15 + [25.0])]
+    # CPU: 1 s per 1,000 requests each (cpu_s = rps / 1000 over 10 s): no more in (b);
+    # in (d) the pools used the same CPU for fewer requests.
+    runs[3]["cpu_s"] = 1.0
+    found = report.groups(runs, anchor)
+    assert {r["contender"]: r["ratio"] for r in found["b"]} == {anchor: 1.0, mine: 1.1}
+    verdicts = _verdicts(report.asgi_targets(found))
+    assert verdicts == {
+        f"(b) {mine}: CPU per call no more than the {anchor}'s": True,
+        f"(d) {mine}: CPU per call no more than the {anchor}'s": False,
+        f"(d) {mine}: p99 of the first request after a gap below the {anchor}'s": False,
+    }
+    assert "| contender | req/s | vs httpx2 in lifespan |" in report.table(
+        found["b"], against=report.KINDS["asgi"].against)
+
+
+def test_each_kind_writes_its_own_report_and_readme_block(tmp_path):
+    """An ASGI run writes bench-asgi.* and its README block, and leaves the WSGI ones."""
+    asgi = report.KINDS["asgi"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.BLOCK_START}\nWSGI table\n{report.BLOCK_END}\n"
+                      f"{asgi.start}\n{asgi.end}\n")
+    meta = {"command": "c", "date": "d", "machine": "m", "python": "3", "openssl": "o",
+            "versions": "v", "nginx": "n", "wrk": "w", "setup": "gunicorn -k asgi"}
+    raw = {"meta": meta, "kind": "asgi", "workers": 2, "threads": 1, "duration": 1,
+           "runs": [_run(report.ANCHOR, 0, 1000, scenario="b", kind="asgi"),
+                    _run(report.ASYNC_POOLED, 0, 1200, scenario="b", kind="asgi")]}
+    text = report.render(raw, None, tmp_path, readme)
+    assert f"- met: (b) {report.ASYNC_POOLED}: CPU per call" in text
+    assert not (tmp_path / "bench.md").exists() and (tmp_path / "bench-asgi.png").exists()
+    page = (tmp_path / "bench-asgi.md").read_text()
+    assert page.startswith("# Benchmark: calling an upstream from gunicorn's ASGI worker")
+    assert "callgrind" not in page and "(issue 23)" in page
+    written = readme.read_text()
+    assert "WSGI table" in written and f"| {report.ASYNC_POOLED} | 1,200 | 1.20x |" in written
+    block = written.split(asgi.start)[1].split(asgi.end)[0].strip()
+    assert block in page
 
 
 def test_every_contender_runs_first_and_after_each_other_across_rounds():
@@ -164,26 +234,41 @@ def test_every_contender_runs_first_and_after_each_other_across_rounds():
     assert {(names[3], names[4]), (names[4], names[3])} <= follows
 
 
-def test_readme_block_is_replaced_between_its_markers():
+def test_readme_block_is_replaced_between_its_markers(tmp_path):
     text = f"intro\n{report.BLOCK_START}\nold table\n{report.BLOCK_END}\nrest\n"
     assert report.replace_block(text, "new") == (
         f"intro\n{report.BLOCK_START}\nnew\n{report.BLOCK_END}\nrest\n")
     with pytest.raises(SystemExit, match="bench:start"):
         report.replace_block("no markers", "new")
+    # A README without the block a kind needs is refused before anything runs.
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(SystemExit):
+        run.main(["--kinds", "asgi", "--readme", str(readme), "--out", str(tmp_path)])
+    assert not (tmp_path / "bench-asgi.json").exists()
 
 
 def test_readme_shows_the_committed_report():
     """The README's figures are the ones docs/bench.md was written with (whatever the
-    layout: the block is report.readme_block, which the page contains whole)."""
+    layout: the block is report.readme_block, which the page contains whole); the same for
+    the ASGI apps' block and docs/bench-asgi.md, once the README has that block."""
     with open(os.path.join(run.ROOT, "README.md")) as f:
         readme = f.read()
-    with open(os.path.join(run.ROOT, "docs", "bench.md")) as f:
-        page = f.read()
-    block = readme.split(report.BLOCK_START, 1)[1].split(report.BLOCK_END, 1)[0].strip()
-    assert "| contender |" in block and "| poolclient .request() |" in block
-    assert block in page
+    for kind, row in (("wsgi", "| poolclient .request() |"),
+                      ("asgi", f"| {report.ASYNC_POOLED} |")):
+        marks = report.KINDS[kind]
+        if kind == "asgi" and not report.has_block(readme, marks.start, marks.end):
+            continue
+        with open(os.path.join(run.ROOT, "docs", f"{marks.stem}.md")) as f:
+            page = f.read()
+        block = readme.split(marks.start, 1)[1].split(marks.end, 1)[0].strip()
+        assert "| contender |" in block and row in block
+        assert block in page
 
 
+# poolclient's pool size in a worker without threads (gunicorn -k asgi): connections per
+# origin at most.
+ASYNC_MAXSIZE = 10
 POOLED = ("bare urllib3 PoolManager", report.REQUEST, report.SESSION, report.OPENAI_POOLED,
           report.OPENAI_SHARED, report.SHARED)
 
@@ -194,8 +279,10 @@ def test_one_short_round_of_every_contender(tmp_path):
     the pooled contenders open one connection per 100 requests, plus one per thread."""
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.BLOCK_START}\n{report.BLOCK_END}\n")
-    assert run.main(["--rounds", "1", "--duration", "2", "--scenarios", "b", "--callgrind",
-                     "0", "--out", str(tmp_path), "--readme", str(readme)]) == 0
+    assert run.main(["--kinds", "wsgi", "--rounds", "1", "--duration", "2", "--scenarios",
+                     "b", "--callgrind", "0", "--out", str(tmp_path), "--readme",
+                     str(readme)]) == 0
+    assert not (tmp_path / "bench-asgi.json").exists()
     raw = json.loads((tmp_path / "bench.json").read_text())
     runs = {r["contender"]: r for r in raw["runs"]}
     assert list(runs) == list(run.CONTENDERS)
@@ -223,6 +310,39 @@ def test_one_short_round_of_every_contender(tmp_path):
     page = (tmp_path / "bench.md").read_text()
     assert report.readme_block(report.groups(raw["runs"], run.BASELINE)) in page
     assert "| poolclient .request() |" in readme.read_text()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="make test installs wrk")
+def test_one_short_round_of_every_asgi_contender(tmp_path):
+    """The ASGI apps under gunicorn -k asgi, in scenario (b) for 1 s each: nginx counts a
+    connection per request for the client made per request, and one per 100 requests plus
+    at most one per concurrent call for the others (poolclient's: at most its pool size per
+    worker); the WSGI report is left alone."""
+    asgi = report.KINDS["asgi"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{asgi.start}\n{asgi.end}\n")  # no WSGI block: none needed
+    assert run.main(["--kinds", "asgi", "--rounds", "1", "--duration", "1", "--scenarios",
+                     "b", "--out", str(tmp_path), "--readme", str(readme)]) == 0
+    assert not (tmp_path / "bench.json").exists()
+    raw = json.loads((tmp_path / "bench-asgi.json").read_text())
+    runs = {r["contender"]: r for r in raw["runs"]}
+    assert list(runs) == list(run.ASGI_CONTENDERS) and raw["kind"] == "asgi"
+    assert raw["callgrind"] is None  # instruction counts are the WSGI apps' only
+    assert all(r["kind"] == "asgi" and r["scenario"] == "b" for r in runs.values())
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in runs.values())
+    assert all(r["upstream_requests"] >= r["requests"] for r in runs.values())
+    assert all(len(r["rss_kib"]) == run.WORKERS and min(r["rss_kib"]) > 10_000
+               for r in runs.values())
+    # (at 60 ms of CPU a call, a loaded machine gives it only a dozen in the second)
+    per_request = runs[report.HTTPX_PER_REQUEST]
+    assert per_request["handshakes"] == per_request["upstream_requests"] > 0
+    for name, r in runs.items():
+        if name == report.HTTPX_PER_REQUEST:
+            continue
+        most = ASYNC_MAXSIZE if name in report.POOLCLIENT else run.CLIENTS
+        assert 0 < r["handshakes"] <= r["upstream_requests"] / 100 + run.WORKERS * most, name
+    assert f"| {report.ASYNC_POOLED} |" in readme.read_text()
+    assert "gunicorn -k asgi (asyncio), 2 workers" in (tmp_path / "bench-asgi.md").read_text()
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="make test installs wrk")
