@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from .addresses import AddressState, connect_share
 from .breaker import BreakerState
+from .call import Call
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
@@ -56,7 +57,7 @@ from .errors import (
     StalledError,
 )
 from .outcomes import Outcome, Refusal, RetryReason
-from .policy import Call, OriginPolicy, PolicySink
+from .policy import OriginPolicy, PolicySink
 from .settings import PolicySettings
 from .snapshot import AddressSnapshot, BreakerSnapshot, BudgetSnapshot, PolicySnapshot
 from .stall import route_key

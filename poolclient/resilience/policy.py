@@ -19,18 +19,17 @@ import random as _random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from types import TracebackType
 from typing import Protocol
 
 from .addresses import AddressSet, AddressState
 from .breaker import Breaker, BreakerState
 from .budget import RetryBudget
+from .call import Call
 from .errors import (
     BulkheadFullError,
     CircuitOpenError,
     RefusedError,
     RetryBudgetExhaustedError,
-    StalledError,
 )
 from .outcomes import Outcome, Refusal, RetryReason
 from .settings import PolicySettings
@@ -53,132 +52,6 @@ class PolicySink(Protocol):
     def ejected(self) -> None: ...
     def refreshed(self, result: str) -> None: ...  # success, empty, failure
     def stalled(self) -> None: ...
-
-
-class Call:
-    """One admitted call, from :meth:`OriginPolicy.admit` to :meth:`done`, retries included.
-
-    Written by the thread or task making the call, without the lock (one writer); the
-    sweeper reads its times. ``on_abort`` is the pool's: what shuts this call's socket down
-    when :meth:`OriginPolicy.sweep` finds it stalled (the policy never calls it).
-    """
-
-    __slots__ = ("_policy", "route", "read_timeout", "tried", "on_abort", "stalled",
-                 "_stall", "_started", "_waiting", "_last", "_max_gap", "_responded",
-                 "_judged", "_failed", "_done")
-
-    def __init__(self, policy: OriginPolicy, route: str, read_timeout: float | None) -> None:
-        self._policy = policy
-        self.route = route
-        self.read_timeout = read_timeout
-        self.tried: list[str] = []  # addresses connected to or tried, in order
-        self.on_abort: Callable[[], None] | None = None
-        self.stalled = False
-        self._stall = (0.0, 0.0)  # waited, limit: when the sweeper found it stalled
-        self._started = False  # an attempt is under way
-        self._waiting = False  # on the upstream (connect, send, status line, a read)
-        self._last = 0.0  # when the current wait began
-        self._max_gap = 0.0  # this attempt's longest wait
-        self._responded = False
-        self._judged = False  # this attempt's verdict is in
-        self._failed = False
-        self._done = False
-
-    def __repr__(self) -> str:
-        state = ("stalled" if self.stalled else "done" if self._done
-                 else "waiting" if self._waiting else "running" if self._started else "queued")
-        return f"<Call {self._policy.origin} {self.route or '-'} {state}>"
-
-    def __enter__(self) -> Call:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.done()
-
-    # --- attempts ----------------------------------------------------------------------
-
-    def attempt(self) -> None:
-        """An attempt begins (the first, or a retry once :meth:`retry` allowed it): the
-        connection is checked out and about to connect or send."""
-        self._last = self._policy._clock()
-        self._max_gap = 0.0
-        self._started = self._waiting = True
-        self._responded = self._judged = self._failed = False
-
-    def response(self, status: int) -> Outcome:
-        """The status line arrived: the attempt's verdict (502, 503, 504 fail)."""
-        self.progress()
-        self._responded = True
-        outcome = Outcome.of_status(status)
-        if not self._judged:
-            self._judged = True
-            self._policy._judge(self, outcome)
-        return outcome
-
-    def reading(self) -> None:
-        """The pool starts waiting on the upstream for body bytes. Time between reads is the
-        caller's (a slow consumer), so only a wait begun here can become a stall."""
-        self._last = self._policy._clock()
-        self._waiting = True
-
-    def progress(self) -> None:
-        """Bytes arrived (or were sent): the wait begun by :meth:`attempt` or :meth:`reading`
-        ends, its length one more sample of how long this route waits."""
-        now = self._policy._clock()
-        gap = now - self._last
-        if gap > self._max_gap:
-            self._max_gap = gap
-        self._last = now
-        self._waiting = False
-
-    def failed(self, outcome: Outcome) -> Outcome:
-        """The attempt failed with ``outcome`` (from the pool's exception mapping); returns
-        what was counted: :attr:`Outcome.STALLED` if the sweeper aborted it. Before the
-        status line it is the attempt's verdict; after, the verdict is in already."""
-        if self.stalled:
-            outcome = Outcome.STALLED
-        self._failed = True
-        self._waiting = False
-        if not self._judged:
-            self._judged = True
-            self._policy._judge(self, outcome)
-        return outcome
-
-    def retry(self, reason: RetryReason, last_error: BaseException | None = None) -> None:
-        """Ask to send the request again; raises :class:`RetryBudgetExhaustedError` (from
-        ``last_error``) when the budget is spent. A stalled call is never retried."""
-        self._policy._retry(self, reason, last_error)
-
-    def stall_error(self) -> StalledError | None:
-        """What the pool raises for a call the sweeper aborted (``None`` if it was not)."""
-        if not self.stalled:
-            return None
-        waited, limit = self._stall
-        return StalledError(self._policy.origin, waited, limit)
-
-    # --- addresses --------------------------------------------------------------------
-
-    def candidates(self) -> list[str]:
-        """Addresses for a new connection, best first, those this call tried last."""
-        return self._policy.candidates(self.tried)
-
-    def connected(self, address: str) -> None:
-        """A new connection to ``address`` is open (the pool reports its close to
-        :meth:`OriginPolicy.disconnected`)."""
-        self.tried.append(address)
-        self._policy.connected(address)
-
-    def connect_failed(self, address: str) -> None:
-        """Connecting to ``address`` failed (refused, timed out, TLS)."""
-        self.tried.append(address)
-        self._policy.connect_failed(address)
-
-    def done(self) -> None:
-        """The call is over (answered and released, or failed for good). Idempotent."""
-        if not self._done:
-            self._done = True
-            self._policy._done(self)
 
 
 class OriginPolicy:
