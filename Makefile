@@ -42,18 +42,22 @@ tools:
 ## make bench: the contenders under load against each upstream scenario, then the instruction
 ## counts (callgrind), the handshake costs and the microbenchmarks; writes docs/bench.* and
 ## docs/handshake.md, docs/micro.md and the README's tables. ROUNDS=5 DURATION=10 by default
-## (about 50 min here); ROUNDS=3 DURATION=6: about 25 min. SCENARIOS=b,c,d,a,a-ca (any of
-## them), CALLGRIND=2000 requests per contender (0: none).
+## (about 80 min here); ROUNDS=3 DURATION=6: about 40 min. SCENARIOS=b,c,d,a,a-ca (any of
+## them), CALLGRIND=2000 requests per contender (0: none). KINDS=wsgi,asgi (or either):
+## KINDS=asgi runs only the ASGI apps' rows (gunicorn -k asgi, docs/bench-asgi.*), about
+## 30 min at the defaults, and leaves the WSGI report as it was.
 ROUNDS    ?= 5
 DURATION  ?= 10
 SCENARIOS ?= all
 CALLGRIND ?= 2000
+KINDS     ?= all
 bench: $(VENV)/.installed-bench tools
-	BENCH_COMMAND='make bench ROUNDS=$(ROUNDS) DURATION=$(DURATION) SCENARIOS=$(SCENARIOS)' \
+	BENCH_COMMAND='make bench ROUNDS=$(ROUNDS) DURATION=$(DURATION) SCENARIOS=$(SCENARIOS) KINDS=$(KINDS)' \
 	  $(BIN)/python -m bench.run --rounds $(ROUNDS) --duration $(DURATION) \
-	  --scenarios $(SCENARIOS) --callgrind $(CALLGRIND)
-	BENCH_COMMAND='make bench' $(BIN)/python -m bench.handshake --out docs/handshake.md
-	$(BIN)/python bench/micro/report.py
+	  --scenarios $(SCENARIOS) --kinds $(KINDS) --callgrind $(CALLGRIND)
+	if [ "$(KINDS)" != asgi ]; then \
+	  BENCH_COMMAND='make bench' $(BIN)/python -m bench.handshake --out docs/handshake.md && \
+	  $(BIN)/python bench/micro/report.py; fi
 
 # Wheels of every runtime dependency and extra, so that tests/test_packaging.py installs
 # the built wheel into clean venvs offline.
