@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 PREFIX = "/upstream/"
+DOT_SEGMENTS = "dot segments are not relayed"
 _PATH_SAFE = "/:@!$&'()*+,;="
 
 
@@ -60,35 +61,65 @@ def upstream_url(environ: Mapping[str, str] | None = None) -> str:
 UPSTREAM_ERRORS = (HTTPError, OSError, PoolClientError)
 
 
+# Each kind of upstream failure: its status and the words its error starts with. The WSGI
+# relay finds the kind in urllib3's errors (below), the ASGI one in httpx2's
+# (app.asgi_example), so both answer alike.
+CAUSES: dict[str, tuple[int, str]] = {
+    "pool": (503, "no upstream connection free"),
+    "name": (502, "upstream host name could not be resolved"),
+    "connect": (502, "upstream connection refused or failed"),
+    "deadline": (504, "upstream call ran out of time"),
+    "connect-timeout": (504, "upstream connect timed out"),
+    "read-timeout": (504, "upstream read timed out"),
+    "tls": (502, "upstream TLS failed"),
+    "broken": (502, "upstream connection broke"),
+    "other": (502, "upstream request failed"),
+}
+
+
+def failure(kind: str, detail: str,
+            pool_timeout: float) -> tuple[int, str, list[tuple[str, str]]]:
+    """Status, cause (credentials masked) and extra headers for a failure of ``kind``."""
+    status, words = CAUSES[kind]
+    headers = [("Retry-After", str(max(1, math.ceil(pool_timeout))))] if kind == "pool" else []
+    return status, redact(f"{words}: {detail}"), headers
+
+
 def classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[str, str]]]:
     """Status, cause (credentials masked) and extra headers for an upstream failure."""
-    status, cause, headers = _classify(exc, pool_timeout)
-    return status, redact(cause), headers
+    kind, reason = _classify(exc)
+    detail = f"{type(reason).__name__}: {reason}" if kind == "other" else str(reason)
+    return failure(kind, detail, pool_timeout)
 
 
-def _classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[str, str]]]:
+def _classify(exc: Exception) -> tuple[str, BaseException]:
     reason: BaseException = exc
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         reason = exc.reason
     if isinstance(reason, EmptyPoolError):
-        retry = [("Retry-After", str(max(1, math.ceil(pool_timeout))))]
-        return 503, f"no upstream connection free: {reason}", retry
+        return "pool", reason
     if isinstance(reason, NewConnectionError):
         # NewConnectionError subclasses ConnectTimeoutError: test it first.
         if isinstance(reason, NameResolutionError):
-            return 502, f"upstream host name could not be resolved: {reason}", []
-        return 502, f"upstream connection refused or failed: {reason}", []
+            return "name", reason
+        return "connect", reason
     if isinstance(reason, DeadlineExceededError):
-        return 504, f"upstream call ran out of time: {reason}", []
+        return "deadline", reason
     if isinstance(reason, ConnectTimeoutError):
-        return 504, f"upstream connect timed out: {reason}", []
+        return "connect-timeout", reason
     if isinstance(reason, ReadTimeoutError):
-        return 504, f"upstream read timed out: {reason}", []
+        return "read-timeout", reason
     if isinstance(reason, SSLError):
-        return 502, f"upstream TLS failed: {reason}", []
+        return "tls", reason
     if isinstance(reason, ProtocolError):
-        return 502, f"upstream connection broke: {reason}", []
-    return 502, f"upstream request failed: {type(reason).__name__}: {reason}", []
+        return "broken", reason
+    return "other", reason
+
+
+def non_json(status: int, content_type: str | None) -> str:
+    """The cause of a 502 for an upstream answer whose body is not JSON."""
+    return (f"upstream answered {status} with a non-JSON body "
+            f"(Content-Type: {content_type or 'none'})")
 
 
 class Relay:
@@ -112,16 +143,11 @@ class Relay:
             return _json(start_response, 405, {"error": f"method {method} not allowed"},
                          method, [("Allow", "GET, HEAD")])
         pool: Registry = environ["http.pool"]
-        rest = path[len(PREFIX):]
-        if any(segment in (".", "..") for segment in rest.split("/")):
-            # urllib3 would resolve them: /upstream/../admin must not leave UPSTREAM_URL.
-            return _json(start_response, 400, {"error": "dot segments are not relayed"},
-                         method)
-        # PATH_INFO arrives decoded (as latin-1, PEP 3333): encode it again, or "%3F" would
-        # start a query upstream and UTF-8 would be encoded twice.
-        url = self.upstream + "/" + quote(rest.encode("latin-1", "replace"), safe=_PATH_SAFE)
-        if environ.get("QUERY_STRING"):
-            url += "?" + environ["QUERY_STRING"]
+        # PATH_INFO arrives decoded, as latin-1 (PEP 3333).
+        url = self.target(path[len(PREFIX):].encode("latin-1", "replace"),
+                          environ.get("QUERY_STRING", ""))
+        if url is None:
+            return _json(start_response, 400, {"error": DOT_SEGMENTS}, method)
         try:
             response = pool.request("GET", url, headers=self.headers)
         except UPSTREAM_ERRORS as exc:
@@ -130,11 +156,19 @@ class Relay:
         try:
             body = json.loads(response.data)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-            ctype = response.headers.get("Content-Type", "none")
-            cause = (f"upstream answered {response.status} with a non-JSON body "
-                     f"(Content-Type: {ctype})")
+            cause = non_json(response.status, response.headers.get("Content-Type"))
             return _json(start_response, 502, {"error": cause}, method)
         return _json(start_response, response.status, body, method)
+
+    def target(self, rest: bytes, query: str) -> str | None:
+        """The upstream URL for ``/upstream/<rest>?<query>``, ``rest`` as received but
+        percent-decoded; ``None`` when it has a dot segment, which urllib3 and httpx would
+        resolve: /upstream/../admin must not leave UPSTREAM_URL."""
+        if any(segment in (b".", b"..") for segment in rest.split(b"/")):
+            return None
+        # Encoded again, or "%3F" would start a query upstream and UTF-8 be encoded twice.
+        url = self.upstream + "/" + quote(rest, safe=_PATH_SAFE)
+        return url + "?" + query if query else url
 
 
 def _credentials_to_headers(url: str) -> tuple[str, dict[str, str]]:
