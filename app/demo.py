@@ -7,7 +7,9 @@ SIGINT or SIGTERM sent to this process alone, stops both. gunicorn's own process
 SIGINT blocked (see :func:`main`): signal this one.
 
 ``python -m app.demo app.flask_example:app`` (``make run APP=...``) runs another WSGI app
-the same way: the Flask or Django example (``app.django_example:application``).
+the same way: the Flask or Django example (``app.django_example:application``). An app
+whose module is named for ASGI, such as the FastAPI example ``app.asgi_example:app``, runs
+under gunicorn's ASGI worker (``-k asgi``) unless ``GUNICORN_WORKER_CLASS`` names another.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ def start_demo_upstream(certs: str) -> tuple[subprocess.Popen[str], str]:
     return proc, url
 
 
+def is_asgi(target: str) -> bool:
+    """Whether ``module:name`` names an ASGI app, by its module's name (``app.asgi_example``):
+    importing it here to look would need its settings in this process too."""
+    module = target.split(":", 1)[0]
+    return "asgi" in module.rsplit(".", 1)[-1].split("_")
+
+
 def main() -> None:
     env = dict(os.environ)
     upstream = None
@@ -43,8 +52,10 @@ def main() -> None:
         env["POOLCLIENT_CA_BUNDLE"] = os.path.join(certs, "ca.pem")
         print(f"demo upstream: {url} (CA {env['POOLCLIENT_CA_BUNDLE']})", flush=True)
     bind = env.get("BIND", f"127.0.0.1:{env.get('PORT', '8000')}")
-    target = sys.argv[1:2]  # a WSGI app other than the relay, if given
-    path = "/items/7" if target else "/upstream/hello?x=1"
+    target = sys.argv[1:2]  # an app other than the relay, if given
+    path = "/items/7" if target and not is_asgi(target[0]) else "/upstream/hello?x=1"
+    if target and is_asgi(target[0]) and not env.get("GUNICORN_WORKER_CLASS"):
+        target = ["-k", "asgi", *target]
     print(f"try: curl http://{bind}{path}  and  curl http://{bind}/health", flush=True)
     # gunicorn starts with SIGINT blocked (the mask is inherited through exec and fork): a
     # terminal's Ctrl-C reaches this process only, which stops gunicorn with one SIGQUIT,

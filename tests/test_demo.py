@@ -89,3 +89,51 @@ def test_a_signal_stops_gunicorn_and_the_demo(upstream: Upstream, to: str, signu
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_make_run_serves_the_asgi_example(upstream: Upstream, signum: int):
+    """``make run APP=app.asgi_example:app``: gunicorn's ASGI worker serves the FastAPI
+    relay, whose call goes through an async pool (``/health``: kind "async", one request,
+    as the upstream counts); a signal to the demo stops gunicorn, then the demo."""
+    import json
+
+    import urllib3
+
+    port = free_port()
+    env = {**os.environ, "UPSTREAM_URL": upstream.url, "POOLCLIENT_CA_BUNDLE": upstream.ca,
+           "PORT": str(port), "WEB_CONCURRENCY": str(WORKERS)}
+    env.pop("GUNICORN_WORKER_CLASS", None)
+    demo = subprocess.Popen([sys.executable, "-m", "app.demo", "app.asgi_example:app"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: _answers(port), 30, "the demo's gunicorn")
+        with open(f"/proc/{demo.pid}/task/{demo.pid}/children") as f:
+            (master,) = (int(pid) for pid in f.read().split())
+        url = f"http://127.0.0.1:{port}"
+        with urllib3.PoolManager(retries=False) as http:
+            r = http.request("GET", url + "/upstream/hello?x=1",
+                             headers={"Connection": "close"})
+            assert r.status == 200
+            assert (r.json()["path"], r.json()["query"]) == ("/hello", "x=1")
+            assert r.headers["Server"].startswith("gunicorn/asgi")  # -k asgi, not gthread
+
+            def health_with_pools() -> dict | None:  # the worker that relayed the call
+                doc = json.loads(http.request("GET", url + "/health",
+                                              headers={"Connection": "close"}).data)
+                return doc if doc["pools"] else None
+
+            served_by = wait_for(health_with_pools, 20, "/health of the relaying worker")
+        (pool,) = served_by["pools"]
+        assert (pool["kind"], pool["port"], pool["requests"]) == ("async", upstream.port, 1)
+        assert upstream.stats()["requests"] == 1
+        wait_for(lambda: _workers_booted(master), 30, "gunicorn's workers to boot")
+        demo.send_signal(signum)
+        assert demo.wait(timeout=30) == 0
+        assert not os.path.exists(f"/proc/{master}")
+        assert not _answers(port)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
