@@ -12,7 +12,8 @@ $(VENV)/.installed-%: pyproject.toml
 	touch $@
 
 ## make run: the example service on http://127.0.0.1:8000 (offline demo upstream unless UPSTREAM_URL is set)
-## make run APP=app.flask_example:app (or app.django_example:application): the framework examples
+## make run APP=app.flask_example:app (or app.django_example:application): the framework examples;
+## make run APP=app.asgi_example:app: the FastAPI relay on the async pools, under gunicorn -k asgi
 run: $(VENV)/.installed-demo
 	$(BIN)/python -m app.demo $(APP)
 

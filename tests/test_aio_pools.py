@@ -239,7 +239,9 @@ def test_the_deadline_bounds_the_wait_for_the_status_line(registry: Registry,
         return registry.stats().pools
 
     (pool,) = asyncio.run(main())
-    assert (pool.errors, pool.in_use) == (1, 0)
+    # The request went out: an attempt, as the upstream counts it, though it failed.
+    assert (pool.errors, pool.in_use, pool.requests) == (1, 0, upstream.stats()["requests"])
+    assert pool.requests == 1
 
 
 def test_headers_in_order_and_a_streamed_upload(registry: Registry, upstream: Upstream):

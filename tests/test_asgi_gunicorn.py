@@ -374,14 +374,6 @@ def test_fastapi_example_under_asgi(gunicorn: Start, upstream: Upstream):
     check_example(start_example(gunicorn, ASGI, upstream), upstream)
 
 
-ASYNC_FAILED_UNCOUNTED = (
-    "poolclient/aio/pool.py: AsyncPool.send counts a request (stats.attempted) only once "
-    "its response arrives, so a request the upstream received but that failed while "
-    "reading (read timeout) is missing from the async pool's requests; the sync pool "
-    "counts it")
-
-
-@pytest.mark.xfail(strict=True, reason=ASYNC_FAILED_UNCOUNTED)
 def test_fastapi_example_health_counts_under_asgi(gunicorn: Start, upstream: Upstream):
     """The same calls, then /health's pools against the upstream's record."""
     server = start_example(gunicorn, ASGI, upstream)

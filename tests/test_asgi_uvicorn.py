@@ -13,7 +13,6 @@ import pytest
 
 from tests.helpers import Upstream, wait_for
 from tests.test_asgi_gunicorn import (
-    ASYNC_FAILED_UNCOUNTED,
     Start,
     assert_health_equals_server,
     check_example,
@@ -56,7 +55,6 @@ def test_fastapi_example_under_uvicorn(gunicorn: Start, upstream: Upstream):
     check_example(start_example(gunicorn, UVICORN, upstream), upstream)
 
 
-@pytest.mark.xfail(strict=True, reason=ASYNC_FAILED_UNCOUNTED)
 def test_fastapi_example_health_counts_under_uvicorn(gunicorn: Start, upstream: Upstream):
     """The same calls, then /health's pools against the upstream's record."""
     server = start_example(gunicorn, UVICORN, upstream)

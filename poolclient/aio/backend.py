@@ -46,12 +46,13 @@ class CallLimits:
     Cheaper than a cancel scope around the call, and a cut wait fails as httpcore2's own
     timeout does, its connection closed by httpcore2."""
 
-    __slots__ = ("backoff", "deadline_at", "retries")
+    __slots__ = ("backoff", "deadline_at", "retries", "sent_on")
 
     def __init__(self, retries: int, backoff: float, deadline_at: float | None) -> None:
         self.retries = retries
         self.backoff = backoff
         self.deadline_at = deadline_at
+        self.sent_on: PoolStream | None = None  # the connection the request went out on
 
     def bounded(self, timeout: float | None) -> float | None:
         if self.deadline_at is None:
@@ -132,6 +133,7 @@ class PoolStream(AsyncNetworkStream):
         call = current_call.get()
         if call is not None:
             timeout = call.bounded(timeout)
+            call.sent_on = self
         await self.inner.write(buffer, timeout)
 
     async def aclose(self) -> None:

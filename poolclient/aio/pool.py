@@ -93,6 +93,8 @@ class AsyncPool:
             response = await self.engine.handle_async_request(request)
         except BaseException as exc:
             self.in_flight -= 1
+            if call.sent_on is not None:  # it went out: an attempt, as the upstream counts
+                self._attempted(call.sent_on, started)
             stats.checked_in()
             if isinstance(exc, asyncio.CancelledError):
                 stats.cancelled_one()
@@ -109,15 +111,16 @@ class AsyncPool:
         finally:
             current_call.reset(token)
         stream = response.extensions.get("network_stream")
-        reused = False
         if isinstance(stream, PoolStream):
-            reused = stream.requests > 0
-            if not reused and self.tls is not None:
+            if not stream.requests and self.tls is not None:
                 self.tls.keep(stream.get_extra_info("ssl_object"))
-            stream.requests += 1
-        stats.attempted(reused, time.monotonic() - started)
+            self._attempted(stream, started)
         stats.streamed()
         return response, Exchange(self, response)
+
+    def _attempted(self, stream: PoolStream, started: float) -> None:
+        self.stats.attempted(stream.requests > 0, time.monotonic() - started)
+        stream.requests += 1
 
     def snapshot(self) -> PoolSnapshot:
         return self.stats.snapshot(self.scheme, self.host, self.port, kind="async")
