@@ -66,8 +66,10 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from . import _fork, inherited, metrics
@@ -167,6 +169,9 @@ def on_starting(server: Any) -> None:
 def pre_fork(server: Any, worker: Any) -> None:
     """Master, before each fork: close connections the master made itself (``--preload``
     imports that called out), so that no worker even inherits one."""
+    global _exporter_peers
+    if "opentelemetry.sdk" in sys.modules:  # resolved here: the child must not wait on DNS
+        _exporter_peers = frozenset(_otlp_peers())
     registry = _loaded_registry()
     if registry is not None and registry.stats().pools and registry.close():
         server.log.info("poolclient: closed the master's own upstream connections before "
@@ -174,10 +179,18 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(server: Any, worker: Any) -> None:
-    """Worker, just forked: drop inherited pools (never closing them), size new ones, and
-    name the connections it inherited that no pool owns (``poolclient.inherited``)."""
+    """Worker, just forked: drop inherited pools (never closing them), size new ones, let
+    go of OpenTelemetry's exporter connections (below), and name the connections it
+    inherited that no pool owns (``poolclient.inherited``)."""
+    global _worker_pid
+    _worker_pid = os.getpid()
     _fork.forget_inherited()
     _fork.set_concurrency(worker_concurrency(worker))
+    if _released:
+        server.log.info(
+            "poolclient: let go of %d connection(s) to OpenTelemetry's exporter endpoint "
+            "inherited from the master (%s); this worker's exporter opens its own",
+            len(_released), ", ".join(sorted({c.peer for c in _released})))
     found = inherited.scan()
     if found:
         inherited.warn(found)
@@ -226,6 +239,8 @@ def worker_exit(server: Any, worker: Any) -> None:
 def dirty_worker_init(worker: Any) -> None:
     """Dirty worker (gunicorn 25+), its apps loaded: pools of its own, sized by
     ``dirty_threads``. gunicorn's ``dirty_post_fork`` runs in the dirty arbiter, not here."""
+    global _worker_pid
+    _worker_pid = os.getpid()
     _fork.set_concurrency(max(1, int(getattr(worker.cfg, "dirty_threads", 1) or 1)))
     registry = _loaded_registry()
     if registry is not None:
@@ -233,6 +248,126 @@ def dirty_worker_init(worker: Any) -> None:
         # never touches pools of another process, and inherited ones were forgotten at the
         # fork. The next call makes them again at this worker's size.
         registry.close()
+
+
+def in_master() -> bool:
+    """Whether this is gunicorn's master (or its dirty arbiter), under poolclient's hooks:
+    gunicorn has loaded its arbiter here, and no worker hook has run in this process.
+    Pools made here (``--preload``) report to OpenTelemetry nothing: whatever its SDK holds
+    at the fork is copied into every worker, whose counters would each start with the
+    master's calls (see :mod:`poolclient.integrations.otel`)."""
+    if "gunicorn.arbiter" not in sys.modules or _worker_pid == os.getpid():
+        return False
+    main = sys.modules.get("__main__")  # gunicorn's own script or ``python -m gunicorn``
+    spec = getattr(main, "__spec__", None)
+    return (getattr(spec, "name", "") or "").startswith("gunicorn") or os.path.basename(
+        getattr(main, "__file__", "") or "") == "gunicorn"
+
+
+# OpenTelemetry's OTLP exporters, when its SDK is set up in the master
+# (``opentelemetry-instrument gunicorn ...``), keep their HTTP connection to the collector
+# open; an export from the master before the fork (its reader and span processor run from
+# the start, in a thread) leaves that connection to every worker, and the master and the
+# workers then write their exports on one TCP stream: corrupt protobuf at the collector, a
+# worker reading the master's answer. The SDK restarts its threads in the child but keeps
+# the exporters' sessions. So the worker lets go of its copy of each such connection: the
+# descriptor is pointed at /dev/null (as poolclient's async pools release theirs), never
+# closed, shut down or written, so the master's connection is untouched, and the worker's
+# exporter finds the connection dropped and opens its own.
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                   "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+_worker_pid = 0
+
+
+def _otlp_peers() -> set[str]:
+    """``host:port`` (IPv6 in brackets) of each OTLP endpoint configured, and the
+    defaults (``localhost`` 4317 and 4318) where an exporter is the OTLP one."""
+    urls = {os.environ[name] for name in _OTLP_ENDPOINTS if os.environ.get(name)}
+    if any(os.environ.get(f"OTEL_{kind}_EXPORTER", "") in ("", "otlp")
+           for kind in ("TRACES", "METRICS", "LOGS")) and "opentelemetry.sdk" in sys.modules:
+        urls |= {"http://localhost:4317", "http://localhost:4318"}
+    peers = set()
+    for url in urls:
+        parts = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            found = socket.getaddrinfo(parts.hostname or "localhost", port,
+                                       type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            continue
+        for family, _, _, _, address in found:
+            host = str(address[0])
+            peers.add(f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}")
+    return peers
+
+
+def _release_exporter_connections() -> None:
+    """In a child just forked by a master whose ``pre_fork`` found OTLP endpoints: release
+    its copies of inherited connections to them. Run by ``os.register_at_fork``, straight
+    after OpenTelemetry's own at-fork handlers restart its exporting threads (each of which
+    waits its interval first), not in ``post_fork``: gunicorn does more in the child
+    before that hook, and a loaded machine let an export through on the master's
+    connection first."""
+    global _released
+    _released = ()
+    if not _exporter_peers:
+        return
+    mine = [c for c in inherited.scan() if c.peer in _exporter_peers]
+    if not mine:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for connection in mine:
+            os.dup2(devnull, connection.fd)
+    finally:
+        os.close(devnull)
+    _released = tuple(mine)
+
+
+def _metric_locks() -> list[Any]:
+    """The locks OpenTelemetry's SDK holds while its reader thread collects and exports
+    the global meter provider's metrics (private names, looked up defensively: none found,
+    none held)."""
+    api = sys.modules.get("opentelemetry.metrics")
+    provider = api.get_meter_provider() if api is not None else None
+    consumer = getattr(provider, "_measurement_consumer", None)
+    locks = [getattr(consumer, "_lock", None)]
+    locks += [getattr(reader, "_export_lock", None)
+              for reader in getattr(provider, "_metric_readers", ())]
+    return [lock for lock in locks if hasattr(lock, "acquire") and hasattr(lock, "release")]
+
+
+# A fork while the master's metric reader thread collects or exports leaves its lock held
+# in the child for good (only the forking thread survives a fork, and the SDK's at-fork
+# handler restarts the thread but keeps the lock): the worker never exports a metric again.
+# So the master, under poolclient's hooks with the SDK loaded, forks between exports: it
+# takes the locks before the fork (waiting for an export under way) and each process gives
+# them back after it.
+_held: list[Any] = []
+
+
+def _before_fork() -> None:
+    if _exporter_peers:
+        for lock in _metric_locks():
+            lock.acquire()
+            _held.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held:
+        _held.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _after_fork_in_parent()
+    _release_exporter_connections()
+
+
+_exporter_peers: frozenset[str] = frozenset()
+_released: tuple[inherited.Inherited, ...] = ()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def _running(path: str) -> bool:

@@ -160,6 +160,9 @@ class PrometheusSink:
     def retried(self) -> None:
         self._retried.inc()
 
+    def ended(self, seconds: float) -> None:
+        pass  # connection ages: OpenTelemetry's http.client.connection.duration only
+
 
 def _observe_all(child: Any, values: list[float]) -> None:
     """``child.observe(v)`` for each value, in one write per bucket used and one for the sum.
@@ -203,6 +206,9 @@ def _otel_sink(scheme: str, host: str, port: int) -> EventSink | None:
     api = sys.modules.get("opentelemetry.metrics")
     if api is None:
         return None
+    hooks = sys.modules.get("poolclient.gunicorn")
+    if hooks is not None and hooks.in_master():
+        return None  # its SDK's state is copied into every worker: see in_master()
     # (Already imported: enabled with a provider of its own, perhaps.)
     if "poolclient.integrations.otel" not in sys.modules and type(
             api.get_meter_provider()).__name__ in ("_ProxyMeterProvider", "NoOpMeterProvider"):
@@ -237,6 +243,10 @@ class FanOut:
     def retried(self) -> None:
         for sink in self.sinks:
             sink.retried()
+
+    def ended(self, seconds: float) -> None:
+        for sink in self.sinks:
+            sink.ended(seconds)
 
 
 def inherited(connections: Sequence[Inherited]) -> None:

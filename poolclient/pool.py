@@ -108,10 +108,16 @@ class _CountsConnects(PlainHeaderLines):
         self.connected_at = time.monotonic()
         self.requests_sent = 0
         if self.stats is not None:
-            self.stats.opened()
+            self.stats.opened(self.connected_at - started,
+                              getattr(self.sock, "session_reused", None))
         if events.isEnabledFor(logging.DEBUG):
             _event("opened", self, handshake_ms=round((self.connected_at - started) * 1000, 2),
                    reconnect=again)
+
+    def close(self) -> None:
+        if self.sock is not None and self.stats is not None:  # its age, whyever it closes
+            self.stats.ended(time.monotonic() - self.connected_at)
+        super().close()
 
     def __str__(self) -> str:
         # As urllib3's errors name it ("HTTPSConnection(host=...): Failed to establish").

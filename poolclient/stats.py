@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import timing
 
@@ -69,6 +70,10 @@ class RegistrySnapshot:
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
+# Why a call was refused before it went out (PoolStats.refused), as span events name it.
+REFUSED_BREAKER = "breaker"
+REFUSED_BUDGET = "budget"
+
 # Under load, the longest a pool's per-request counts wait before its sink has them.
 # (Rare events, connections opened and closed, errors and retries, reach it at once.)
 PUBLISH_EVERY = 1.0
@@ -97,6 +102,39 @@ class EventSink(Protocol):
     def failed(self, kind: str) -> None: ...
     def closed(self, reason: str) -> None: ...
     def retried(self) -> None: ...
+    def ended(self, seconds: float) -> None:
+        """A connection this pool opened was closed, whyever, ``seconds`` after it was
+        established (OpenTelemetry's ``http.client.connection.duration``)."""
+
+
+class RequestEvents(Protocol):
+    """What one request's pool did, told as it happens to whoever traces the request
+    (:class:`poolclient.integrations.otel.SpanEvents`: events on the current client span).
+    Set on a pool's stats only where a tracer provider is configured; otherwise each call
+    site pays one attribute check."""
+
+    def waited(self, seconds: float) -> None: ...
+    def opened(self, seconds: float, resumed: bool | None) -> None: ...
+    def attempted(self, reused: bool) -> None: ...
+    def retried(self, reason: str) -> None: ...
+    def refused(self, reason: str) -> None: ...
+    def start(self, request: Any, scheme: str, host: str, port: int) -> Any:
+        """An async pool's call begins (``request``: httpcore2's): its client span where
+        none was made for it, which the pool ends when the call is done."""
+
+
+def _request_events() -> RequestEvents | None:
+    """The span events for a new pool: ``None`` unless OpenTelemetry's tracing API is
+    imported and a tracer provider configured (or poolclient's are enabled). Once per
+    pool, never per request; nothing of OpenTelemetry's imported otherwise."""
+    if "poolclient.integrations.otel" not in sys.modules:
+        api = sys.modules.get("opentelemetry.trace")
+        if api is None or type(api.get_tracer_provider()).__name__ in (
+                "ProxyTracerProvider", "NoOpTracerProvider"):
+            return None
+    from .integrations import otel
+
+    return otel.request_events()
 
 
 class PoolStats:
@@ -114,6 +152,7 @@ class PoolStats:
         self.maxsize = maxsize
         self.sink = sink
         self.idle = idle
+        self.events = _request_events()
         self._lock = threading.Lock()
         self._opened = 0
         self._requests = 0
@@ -146,12 +185,20 @@ class PoolStats:
             f"unread={self._unread} cancelled={self._cancelled}>"
         )
 
-    def opened(self) -> None:
-        """A TCP (and TLS) connection was established."""
+    def opened(self, seconds: float | None = None, resumed: bool | None = None) -> None:
+        """A TCP (and TLS) connection was established, in ``seconds`` if known (TLS
+        handshake included), its TLS session ``resumed`` or not (``None``: no TLS)."""
         with self._lock:
             self._opened += 1
         if self.sink is not None:
             self.sink.opened()
+        if self.events is not None and seconds is not None:
+            self.events.opened(seconds, resumed)
+
+    def ended(self, seconds: float) -> None:
+        """A connection this pool opened was closed ``seconds`` after it was established."""
+        if self.sink is not None:
+            self.sink.ended(seconds)
 
     def attempted(self, reused: bool, seconds: float) -> None:
         """A request went out, on a connection that had carried one before if ``reused``,
@@ -163,13 +210,18 @@ class PoolStats:
             if self.sink is not None:
                 self._durations.append(seconds)
         timing.record(seconds)
+        if self.events is not None:
+            self.events.attempted(reused)
 
-    def checked_out(self, waited: float = 0.0) -> None:
-        """A caller got a connection after waiting ``waited`` seconds."""
+    def checked_out(self, waited: float | None = None) -> None:
+        """A caller got a connection after waiting ``waited`` seconds (``None``: not
+        known yet; an async pool tells the span once the request went out)."""
         with self._lock:
             self._in_use += 1
             if self.sink is not None:
-                self._wait_times.append(waited)
+                self._wait_times.append(waited or 0.0)
+        if self.events is not None and waited is not None:
+            self.events.waited(waited)
 
     def streamed(self) -> None:
         """A response went to its caller holding its connection, the body still to read.
@@ -285,12 +337,23 @@ class PoolStats:
         if self.sink is not None:
             self.sink.closed("retired")
 
-    def retried_one(self) -> None:
-        """A reused connection failed before any response; the request went on a new one."""
+    def retried_one(self, reason: str = "stale") -> None:
+        """The pool sent a request again: ``stale``, a reused connection failed before any
+        response and the request went on a new one; ``connect``, a connect failed and was
+        tried again (async pools)."""
         with self._lock:
             self._retried += 1
         if self.sink is not None:
             self.sink.retried()
+        if self.events is not None:
+            self.events.retried(reason)
+
+    def refused(self, reason: str) -> None:
+        """The resilience policy refused the call before it reached the pool (``reason``:
+        :data:`REFUSED_BREAKER` or :data:`REFUSED_BUDGET`): told to the request's span.
+        Counted by the policy itself."""
+        if self.events is not None:
+            self.events.refused(reason)
 
     def snapshot(self, scheme: str, host: str, port: int, kind: str = "sync") -> PoolSnapshot:
         """The counters now, and ``idle`` read from the queue, under one lock."""

@@ -120,6 +120,24 @@ def test_the_readers_values_are_the_pools_and_the_upstreams(reader, upstream: Up
         registry.close()
 
 
+def test_a_collection_takes_the_batches_still_waiting(reader, upstream: Upstream):
+    """The reader's collection hands over what the requests did first, as a scrape does:
+    without it, a burst shorter than PUBLISH_EVERY reached the SDK as its first batch
+    alone (1 request against the pool's 5) until the publisher thread's turn."""
+    registry = Registry(Settings(ca_bundle=upstream.ca, maxsize=4, pool_timeout=2))
+    try:
+        for _ in range(5):
+            assert registry.request("GET", upstream.url + "/x").status == 200
+        data = reader.get_metrics_data()  # no publish_all() first
+        assert data is not None
+        requests = [p.value for rm in data.resource_metrics for sm in rm.scope_metrics
+                    if sm.scope.name == otel.METER for m in sm.metrics
+                    if m.name == "poolclient.requests" for p in m.data.data_points]
+        assert requests == [5] == [upstream.stats()["requests"]]
+    finally:
+        registry.close()
+
+
 def test_refusals_waits_and_errors(reader, upstream: Upstream):
     """A pool of one held by a stream: the next caller waits, then is refused
     (pool_timeout); a refused connection is a connect error; each is counted once."""

@@ -46,13 +46,17 @@ class CallLimits:
     Cheaper than a cancel scope around the call, and a cut wait fails as httpcore2's own
     timeout does, its connection closed by httpcore2."""
 
-    __slots__ = ("backoff", "deadline_at", "retries", "sent_on")
+    __slots__ = ("backoff", "connect_at", "deadline_at", "retries", "sent_at", "sent_on")
 
     def __init__(self, retries: int, backoff: float, deadline_at: float | None) -> None:
         self.retries = retries
         self.backoff = backoff
         self.deadline_at = deadline_at
         self.sent_on: PoolStream | None = None  # the connection the request went out on
+        # For the span's pool wait (monotonic): when this call's first connect began,
+        # else when its request's first bytes went out on a reused connection.
+        self.connect_at = 0.0
+        self.sent_at = 0.0
 
     def bounded(self, timeout: float | None) -> float | None:
         if self.deadline_at is None:
@@ -110,12 +114,15 @@ class SessionCache:
 class PoolStream(AsyncNetworkStream):
     """One connection of a pool: httpcore2's stream, timed and counted."""
 
-    __slots__ = ("backend", "closed_as", "connected_at", "inner", "last_used", "requests")
+    __slots__ = ("backend", "closed_as", "connected_at", "connecting_at", "inner",
+                 "last_used", "requests")
 
-    def __init__(self, inner: AsyncNetworkStream, backend: CountingBackend) -> None:
+    def __init__(self, inner: AsyncNetworkStream, backend: CountingBackend,
+                 connecting_at: float = 0.0) -> None:
         self.inner = inner
         self.backend = backend
         self.connected_at = self.last_used = time.monotonic()
+        self.connecting_at = connecting_at or self.connected_at  # its TCP connect began
         self.requests = 0  # responses received on it: 0 means the next one is its first
         self.closed_as = ""  # set by the pool when it closed it for a reason of its own
 
@@ -133,6 +140,8 @@ class PoolStream(AsyncNetworkStream):
         call = current_call.get()
         if call is not None:
             timeout = call.bounded(timeout)
+            if call.sent_on is None:
+                call.sent_at = time.monotonic()
             call.sent_on = self
         await self.inner.write(buffer, timeout)
 
@@ -157,7 +166,9 @@ class PoolStream(AsyncNetworkStream):
             raise
         self.inner = tls
         backend.streams[self] = None
-        backend.stats.opened()
+        ssl_object = tls.get_extra_info("ssl_object")
+        backend.stats.opened(time.monotonic() - self.connecting_at,
+                             getattr(ssl_object, "session_reused", None))
         return self
 
     def get_extra_info(self, info: str) -> Any:
@@ -199,8 +210,11 @@ class CountingBackend(AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> AsyncNetworkStream:
         call = current_call.get()
+        if call is not None and not call.connect_at:
+            call.connect_at = time.monotonic()
         attempt = 0
         while True:
+            connecting_at = time.monotonic()
             try:
                 inner = await self.inner.connect_tcp(
                     host, port, call.bounded(timeout) if call is not None else timeout,
@@ -213,12 +227,12 @@ class CountingBackend(AsyncNetworkBackend):
                 if delay is None:
                     raise
                 attempt += 1
-                self.stats.retried_one()
+                self.stats.retried_one("connect")
                 await asyncio.sleep(delay)
-        stream = PoolStream(inner, self)
+        stream = PoolStream(inner, self, connecting_at)
         self.streams[stream] = None
         if not self.tls:
-            self.stats.opened()
+            self.stats.opened(stream.connected_at - connecting_at)
         return stream
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
@@ -232,6 +246,7 @@ class CountingBackend(AsyncNetworkBackend):
     def closing(self, stream: PoolStream) -> None:
         """Count why a connection closes, where the pool chose to close it."""
         now = time.monotonic()
+        self.stats.ended(now - stream.connected_at)
         if stream.closed_as == "retired":
             self.stats.retired_one()
         elif stream.requests and now - stream.last_used >= self.idle_timeout:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import ssl
 
     from ..config import Settings
+    from ..integrations.otel import ClientCall
 
 
 class AsyncPool:
@@ -84,6 +85,8 @@ class AsyncPool:
             "write": _given(timeouts.get("write"), self.read_timeout),
             "pool": call.bounded(_given(timeouts.get("pool"), self.pool_timeout)),
         }
+        events = stats.events
+        traced = events.start(request, self.scheme, self.host, self.port) if events else None
         token = current_call.set(call)
         if self.in_flight >= self.maxsize:
             stats.waited()
@@ -96,6 +99,8 @@ class AsyncPool:
             if call.sent_on is not None:  # it went out: an attempt, as the upstream counts
                 self._attempted(call.sent_on, started)
             stats.checked_in()
+            if traced is not None:
+                traced.failed(exc)
             if isinstance(exc, asyncio.CancelledError):
                 stats.cancelled_one()
                 raise
@@ -116,7 +121,11 @@ class AsyncPool:
                 self.tls.keep(stream.get_extra_info("ssl_object"))
             self._attempted(stream, started)
         stats.streamed()
-        return response, Exchange(self, response)
+        exchange = Exchange(self, response)
+        if traced is not None:
+            traced.sent(response.status, (call.connect_at or call.sent_at or started) - started)
+            exchange.traced = traced
+        return response, exchange
 
     def _attempted(self, stream: PoolStream, started: float) -> None:
         self.stats.attempted(stream.requests > 0, time.monotonic() - started)
@@ -140,13 +149,14 @@ class Exchange:
     cancelled while reading. The body itself is ``response.stream``, read by the caller,
     which reports here how its reading ended."""
 
-    __slots__ = ("done", "finished", "pool", "response")
+    __slots__ = ("done", "finished", "pool", "response", "traced")
 
     def __init__(self, pool: AsyncPool, response: httpcore2.Response) -> None:
         self.pool = pool
         self.response = response
         self.done = False  # read to the end
         self.finished = False
+        self.traced: ClientCall | None = None  # its client span, where spans are on
 
     async def cancelled(self) -> None:
         await self._finish("cancelled")
@@ -173,6 +183,8 @@ class Exchange:
             elif how == "unread":
                 pool.stats.unread_one()
             pool.stats.checked_in(streamed=True)
+            if self.traced is not None:
+                self.traced.finished()
 
 
 def _given(value: Any, default: float) -> Any:
