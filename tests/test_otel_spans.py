@@ -253,3 +253,21 @@ def test_connection_duration_from_the_pools_own_ages(upstream):
         registry.close()
         otel.disable()
         provider.shutdown()
+
+
+def test_a_refusal_is_told_to_the_span(spans):
+    """The resilience policy's refusals (wired elsewhere) reach the current span through
+    PoolStats.refused, named by the constants the policy is to use."""
+    from poolclient.stats import REFUSED_BREAKER, REFUSED_BUDGET, PoolStats
+
+    provider, exporter = spans
+    stats = PoolStats(4)
+    with provider.get_tracer("test").start_as_current_span("call", kind=SpanKind.CLIENT):
+        stats.refused(REFUSED_BREAKER)
+        stats.refused(REFUSED_BUDGET)
+    [span] = client_spans(exporter)
+    assert [(e.name, dict(e.attributes)) for e in span.events] == [
+        (otel.EVENT_REFUSED, {"poolclient.refusal.reason": "breaker"}),
+        (otel.EVENT_REFUSED, {"poolclient.refusal.reason": "budget"})]
+    otel.enable_spans(False)
+    assert PoolStats(4).events is None
