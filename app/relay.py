@@ -9,6 +9,10 @@ broken or non-JSON answer
 upstream (connect or read) timed out, or the      504
 call's deadline passed
 every pooled connection busy for the pool timeout  503 with ``Retry-After``
+refused by the origin's policy: circuit open, its  503 with ``Retry-After`` (the seconds
+share of the worker full while it is degraded      the policy gives, at least 1)
+upstream made no progress for far longer than     504
+usual (stalled; its connection was shut down)
 =================================================  ======================================
 
 Credentials in ``UPSTREAM_URL`` (``https://user:pass@host``) are sent as HTTP Basic
@@ -40,6 +44,7 @@ from urllib3.util import make_headers
 
 from poolclient import ConfigError, DeadlineExceededError, PoolClientError, Registry
 from poolclient.redact import redact
+from poolclient.resilience import RefusedError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -96,6 +101,9 @@ def _classify(exc: Exception) -> tuple[str, BaseException]:
     reason: BaseException = exc
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         reason = exc.reason
+    if isinstance(reason, RefusedError):  # an OSError: before the connection errors
+        retry = [("Retry-After", str(max(1, math.ceil(reason.retry_after))))]
+        return 503, f"upstream call refused: {reason}", retry
     if isinstance(reason, EmptyPoolError):
         return "pool", reason
     if isinstance(reason, NewConnectionError):
