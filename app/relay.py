@@ -71,6 +71,7 @@ UPSTREAM_ERRORS = (HTTPError, OSError, PoolClientError)
 # (app.asgi_example), so both answer alike.
 CAUSES: dict[str, tuple[int, str]] = {
     "pool": (503, "no upstream connection free"),
+    "refused": (503, "upstream call refused"),  # by the origin's policy (poolclient.resilience)
     "name": (502, "upstream host name could not be resolved"),
     "connect": (502, "upstream connection refused or failed"),
     "deadline": (504, "upstream call ran out of time"),
@@ -94,6 +95,9 @@ def classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[
     """Status, cause (credentials masked) and extra headers for an upstream failure."""
     kind, reason = _classify(exc)
     detail = f"{type(reason).__name__}: {reason}" if kind == "other" else str(reason)
+    if isinstance(reason, RefusedError):  # Retry-After: the seconds the policy gives
+        status, cause, _ = failure(kind, detail, pool_timeout)
+        return status, cause, [("Retry-After", str(max(1, math.ceil(reason.retry_after))))]
     return failure(kind, detail, pool_timeout)
 
 
@@ -102,8 +106,7 @@ def _classify(exc: Exception) -> tuple[str, BaseException]:
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         reason = exc.reason
     if isinstance(reason, RefusedError):  # an OSError: before the connection errors
-        retry = [("Retry-After", str(max(1, math.ceil(reason.retry_after))))]
-        return 503, f"upstream call refused: {reason}", retry
+        return "refused", reason
     if isinstance(reason, EmptyPoolError):
         return "pool", reason
     if isinstance(reason, NewConnectionError):

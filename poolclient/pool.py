@@ -53,7 +53,7 @@ from .resilience import Outcome, RefusedError, RetryReason, StalledError, route_
 from .resilience.urllib3_outcomes import outcome
 from .stats import PoolSnapshot, PoolStats
 from .tls import HTTP11Connection, ResumingConnection, ResumingPool
-from .wire import PlainHeaderLines
+from .wire import FastHeaderResponse, PlainHeaderLines
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse, HTTPResponse
@@ -131,7 +131,21 @@ else:
     _PoolBase = object
 
 
+class _JudgedResponse(FastHeaderResponse):
+    """Tells the policy's call the status as soon as the status line and headers are
+    read, before any of the body: a body that then breaks (a reset mid-response) is not
+    an upstream that failed to answer, and the stall detector's sample is the wait for
+    the answer to begin."""
+
+    def begin(self) -> None:
+        super().begin()
+        call = retry.current_call.get()
+        if call is not None and not call._judged:
+            call.response(self.status)
+
+
 class _CountsConnects(PlainHeaderLines):
+    response_class = _JudgedResponse
     stats: PoolStats | None = None
     connected_at = 0.0  # monotonic time of the last connect
     idle_since = 0.0  # monotonic time it was last returned to the pool
@@ -463,7 +477,7 @@ class CountedPool(_PoolBase):
             self.stats.retried_one()
             conn.close()
         else:
-            if call is not None:
+            if call is not None and not call._judged:  # a connection class's own response
                 call.response(response.status)
             return response
         finally:

@@ -108,7 +108,7 @@ def test_gateway_errors_open_the_breaker_then_calls_are_refused_before_any_socke
     assert snap.refused["open"] == 3 and snap.breaker.opens == 1
     # The example relay's answer: 503 JSON with the seconds left as Retry-After.
     status, cause, headers = classify(err, 5.0)
-    assert status == 503 and "circuit open" in cause
+    assert status == 503 and "upstream call refused" in cause and "circuit open" in cause
     assert headers == [("Retry-After", str(math.ceil(err.retry_after)))]
 
 
