@@ -9,6 +9,10 @@ broken or non-JSON answer
 upstream (connect or read) timed out, or the      504
 call's deadline passed
 every pooled connection busy for the pool timeout  503 with ``Retry-After``
+refused by the origin's policy: circuit open, its  503 with ``Retry-After`` (the seconds
+share of the worker full while it is degraded      the policy gives, at least 1)
+upstream made no progress for far longer than     504
+usual (stalled; its connection was shut down)
 =================================================  ======================================
 
 Credentials in ``UPSTREAM_URL`` (``https://user:pass@host``) are sent as HTTP Basic
@@ -40,6 +44,7 @@ from urllib3.util import make_headers
 
 from poolclient import ConfigError, DeadlineExceededError, PoolClientError, Registry
 from poolclient.redact import redact
+from poolclient.resilience import RefusedError
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -66,6 +71,7 @@ UPSTREAM_ERRORS = (HTTPError, OSError, PoolClientError)
 # (app.asgi_example), so both answer alike.
 CAUSES: dict[str, tuple[int, str]] = {
     "pool": (503, "no upstream connection free"),
+    "refused": (503, "upstream call refused"),  # by the origin's policy (poolclient.resilience)
     "name": (502, "upstream host name could not be resolved"),
     "connect": (502, "upstream connection refused or failed"),
     "deadline": (504, "upstream call ran out of time"),
@@ -89,6 +95,9 @@ def classify(exc: Exception, pool_timeout: float) -> tuple[int, str, list[tuple[
     """Status, cause (credentials masked) and extra headers for an upstream failure."""
     kind, reason = _classify(exc)
     detail = f"{type(reason).__name__}: {reason}" if kind == "other" else str(reason)
+    if isinstance(reason, RefusedError):  # Retry-After: the seconds the policy gives
+        status, cause, _ = failure(kind, detail, pool_timeout)
+        return status, cause, [("Retry-After", str(max(1, math.ceil(reason.retry_after))))]
     return failure(kind, detail, pool_timeout)
 
 
@@ -96,6 +105,8 @@ def _classify(exc: Exception) -> tuple[str, BaseException]:
     reason: BaseException = exc
     if isinstance(exc, MaxRetryError) and exc.reason is not None:
         reason = exc.reason
+    if isinstance(reason, RefusedError):  # an OSError: before the connection errors
+        return "refused", reason
     if isinstance(reason, EmptyPoolError):
         return "pool", reason
     if isinstance(reason, NewConnectionError):

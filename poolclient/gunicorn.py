@@ -88,11 +88,16 @@ _made_dirs: set[str] = set()
 
 
 def check_settings() -> Settings:
-    """The settings from the environment, or exit naming the bad one in one line."""
+    """The settings from the environment, or exit naming the bad one in one line; the
+    origins' policy settings (``POOLCLIENT_BREAKER`` and the rest) are checked too."""
+    from .resilience.settings import PolicySettings
+
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        PolicySettings.from_env()
     except ConfigError as exc:
         raise SystemExit(f"poolclient: {exc}") from None
+    return settings
 
 
 def worker_concurrency(worker: Any) -> int:

@@ -98,6 +98,26 @@ def _make_families() -> dict[str, Any]:
                               "Time from sending a request to its response (body included "
                               "when preloaded), per attempt.", LABELS, registry=registry,
                               buckets=DURATION_BUCKETS),
+        # The origins' policies (poolclient.resilience); addresses never as labels.
+        "breaker_open": Gauge("poolclient_breaker_open",
+                              "Workers whose circuit breaker for the origin is not closed "
+                              "(open, or half-open with its probe out).", LABELS,
+                              registry=registry, multiprocess_mode="livesum"),
+        "transitions": counter("poolclient_breaker_transitions",
+                               "Circuit breaker state changes, by the state entered.", "to"),
+        "refused": counter("poolclient_refused",
+                           "Calls and retries refused by the policy, by reason (open, "
+                           "overflow, budget).", "reason"),
+        "policy_retries": counter("poolclient_retries",
+                                  "Retries the retry budget allowed, by reason (connect, "
+                                  "other_address, stale).", "reason"),
+        "stalls": counter("poolclient_stalls",
+                          "Calls aborted because they made no progress for far longer than "
+                          "their route's recent calls."),
+        "ejections": counter("poolclient_ejections",
+                             "Addresses of the origin ejected after failed connects."),
+        "dns_refreshes": counter("poolclient_dns_refreshes",
+                                 "Resolutions of the origin's name, by result.", "result"),
     }
 
 
@@ -247,6 +267,45 @@ class FanOut:
     def ended(self, seconds: float) -> None:
         for sink in self.sinks:
             sink.ended(seconds)
+
+
+class PrometheusPolicySink:
+    """One origin's :class:`~poolclient.resilience.PolicySink`. Policy events are rare
+    (transitions, refusals, retries), so each is written as it happens, and a series is
+    made only when its first event comes: a healthy origin adds nothing to /metrics."""
+
+    def __init__(self, families: dict[str, Any], labels: tuple[str, str, str]) -> None:
+        self._families = families
+        self._labels = labels
+
+    def _child(self, family: str, *extra: str) -> Any:
+        return self._families[family].labels(*self._labels, *extra)
+
+    def transition(self, state: str) -> None:
+        self._child("transitions", state).inc()
+        self._child("breaker_open").set(0 if state == "closed" else 1)
+
+    def refused(self, reason: str) -> None:
+        self._child("refused", reason).inc()
+
+    def retried(self, reason: str) -> None:
+        self._child("policy_retries", reason).inc()
+
+    def ejected(self) -> None:
+        self._child("ejections").inc()
+
+    def refreshed(self, result: str) -> None:
+        self._child("dns_refreshes", result).inc()
+
+    def stalled(self) -> None:
+        self._child("stalls").inc()
+
+
+def policy_sink(scheme: str, host: str, port: int) -> PrometheusPolicySink | None:
+    """The sink of a new origin policy: Prometheus' with prometheus-client, else ``None``."""
+    if not available():
+        return None
+    return PrometheusPolicySink(_get_families(), (scheme, host, str(port)))
 
 
 def inherited(connections: Sequence[Inherited]) -> None:

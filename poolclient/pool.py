@@ -8,6 +8,14 @@ counting; ``_get_conn`` / ``_put_conn`` for checkout accounting and connection l
 deadline; ``putheader`` and ``response_class`` for plain header lines written and read for
 less (see :mod:`poolclient.wire`). The HTTP itself is urllib3's, unchanged.
 
+The origin's policy (:mod:`poolclient.resilience`, one per origin per process, from the
+registry) is asked in ``urlopen`` before any pool wait: a refusal (open circuit, a degraded
+origin's full share) raises there, before a socket is touched. Each attempt reports its
+verdict from ``_make_request``; connect retries and the stale keep-alive resend draw on the
+retry budget; the call is done when its connection comes back (``_put_conn``) or it fails.
+A call the watchdog finds stalled has its socket shut down (``abort_stalled``) and raises
+:class:`StalledReadTimeoutError`, a read timeout, never sent again.
+
 Expiry is checked when a connection is taken or returned, never by a background thread
 (what urllib3's maintainers asked for, urllib3 #1301 and #2498): an idle connection past
 ``idle_timeout`` is closed on checkout and reconnected, one past ``max_lifetime`` is closed
@@ -18,7 +26,9 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import queue
+import socket
 import ssl
 import time
 from ssl import CertificateError
@@ -31,6 +41,7 @@ from urllib3.exceptions import (
     EmptyPoolError,
     MaxRetryError,
     ProtocolError,
+    ReadTimeoutError,
     SSLError,
 )
 from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
@@ -38,12 +49,16 @@ from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from . import loopcheck, metrics, retry
 from .errors import PoolClientError
+from .resilience import Outcome, RefusedError, RetryReason, StalledError, route_key
+from .resilience.urllib3_outcomes import outcome
 from .stats import PoolSnapshot, PoolStats
 from .tls import HTTP11Connection, ResumingConnection, ResumingPool
-from .wire import PlainHeaderLines
+from .wire import FastHeaderResponse, PlainHeaderLines
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse, HTTPResponse
+
+    from .resilience import Call, OriginPolicy
 
 # One structured DEBUG line per connection event: opened (with its handshake time), reused,
 # expired, retired, discarded, dropped (closed by the upstream while idle), retried.
@@ -87,24 +102,64 @@ class PoolTimeoutError(EmptyPoolError, PoolClientError):
         return (type(self), (None, self.origin, self.maxsize, self.waited))
 
 
+class StalledReadTimeoutError(ReadTimeoutError, StalledError):
+    """A call the watchdog found stalled (no progress for far longer than its route's
+    recent calls took, see :class:`~poolclient.resilience.StalledError`): its socket was
+    shut down and the request is not sent again.
+
+    A urllib3 ``ReadTimeoutError``, so requests raises ``ReadTimeout`` and poolclient's
+    httpx transports ``ReadTimeout`` (the SDKs' ``APITimeoutError``).
+    """
+
+    def __init__(self, pool: ConnectionPool | None, url: str, stalled: StalledError) -> None:
+        # Not through the bases' __init__: urllib3's would pass one argument on, by the MRO,
+        # to StalledError's, which takes three.
+        self.pool = pool  # type: ignore[assignment]
+        self.url = url
+        self.origin, self.waited, self.threshold = (stalled.origin, stalled.waited,
+                                                    stalled.threshold)
+        Exception.__init__(self, f"{pool}: Read timed out. {stalled}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (None, self.url,
+                             StalledError(self.origin, self.waited, self.threshold)))
+
+
 if TYPE_CHECKING:
     _PoolBase = HTTPConnectionPool
 else:
     _PoolBase = object
 
 
+class _JudgedResponse(FastHeaderResponse):
+    """Tells the policy's call the status as soon as the status line and headers are
+    read, before any of the body: a body that then breaks (a reset mid-response) is not
+    an upstream that failed to answer, and the stall detector's sample is the wait for
+    the answer to begin."""
+
+    def begin(self) -> None:
+        super().begin()
+        call = retry.current_call.get()
+        if call is not None and not call._judged:
+            call.response(self.status)
+
+
 class _CountsConnects(PlainHeaderLines):
+    response_class = _JudgedResponse
     stats: PoolStats | None = None
     connected_at = 0.0  # monotonic time of the last connect
     idle_since = 0.0  # monotonic time it was last returned to the pool
     open_at_checkout = False  # set by the queue: had a socket when taken
     requests_sent = 0  # on this socket
     streaming = False  # held by a response handed to its caller, the body still to read
+    call: Call | None = None  # the policy's call using it, from its attempt to its return
+    pid = 0  # the process that connected it
 
     def connect(self) -> None:
         started = time.monotonic()
         again = self.connected_at > 0
         super().connect()
+        self.pid = os.getpid()
         self.connected_at = time.monotonic()
         self.requests_sent = 0
         if self.stats is not None:
@@ -118,6 +173,23 @@ class _CountsConnects(PlainHeaderLines):
         if self.sock is not None and self.stats is not None:  # its age, whyever it closes
             self.stats.ended(time.monotonic() - self.connected_at)
         super().close()
+
+    def abort_stalled(self) -> None:
+        """The watchdog's ``on_abort``: shut this connection's socket down, so the thread
+        waiting on it fails at once, if the call on it is still the stalled one. Only the
+        TCP shutdown (``socket.socket.shutdown``, not the ``SSLSocket``'s, which would
+        drop its TLS object under the reading thread), and only on a connection this
+        process made: never one a fork handed down, whose socket the parent still uses."""
+        call = self.call
+        sock = getattr(self, "sock", None)
+        if call is None or not call.stalled or sock is None or self.pid != os.getpid():
+            return
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:  # closed meanwhile: the call is over anyway
+            pass
+
+    __call__ = abort_stalled
 
     def __str__(self) -> str:
         # As urllib3's errors name it ("HTTPSConnection(host=...): Failed to establish").
@@ -222,6 +294,8 @@ class CountedPool(_PoolBase):
     max_lifetime: float | None = None
     deadline: float | None = None  # seconds per call, for calls that did not start one
     loop_calls: str | None = None  # POOLCLIENT_LOOP_CALLS of the registry (see loopcheck)
+    policy: OriginPolicy | None = None  # the origin's, in this process (the registry's)
+    _routes: dict[tuple[str, str], str] | None = None  # route_key's answers, by method and url
 
     def __init__(self, host: str, port: int | None = None, **kw: Any) -> None:
         scheme = str(self.scheme)
@@ -291,6 +365,12 @@ class CountedPool(_PoolBase):
     def _put_conn(self, conn: Any) -> None:
         streamed = False
         if conn is not None:
+            call = conn.call
+            if call is not None:  # its response is read, or released unread: the call is over
+                conn.call = None
+                if not call._done:  # call.done(), a frame less: this is every request's path
+                    call._done = True
+                    call._policy._done(call)
             now = time.monotonic()
             if self.max_lifetime is not None and not conn.is_closed and self._too_old(conn, now):
                 self._retire(conn, now)  # after its request, before the next one
@@ -355,25 +435,51 @@ class CountedPool(_PoolBase):
             _event("reused", conn, requests=sent,
                    idle_s=round(time.monotonic() - getattr(conn, "idle_since", 0.0), 3))
         conn.requests_sent = sent
+        call = retry.current_call.get()
+        if call is not None:
+            call.attempt()
+            call.on_abort = conn  # its __call__ is abort_stalled: no bound method to make
+            conn.call = call
         started = time.monotonic()
         try:
-            return super()._make_request(conn, method, url, body, headers, retries, timeout,
-                                         chunked, response_conn, preload_content,
-                                         decode_content, enforce_content_length)
-        except _NO_RESPONSE as exc:
-            if not (reused and _replayable(method, body) and _retries_allowed(retries)):
+            response = super()._make_request(conn, method, url, body, headers, retries,
+                                             timeout, chunked, response_conn,
+                                             preload_content, decode_content,
+                                             enforce_content_length)
+        except BaseException as exc:
+            if call is not None and call.stalled:  # the watchdog shut its socket down
+                call.failed(Outcome.STALLED)
+                self.stats.failed("timeout")
+                stalled = call.stall_error()
+                assert stalled is not None
+                raise StalledReadTimeoutError(self, url, stalled) from exc
+            stale = reused and isinstance(exc, _NO_RESPONSE)
+            if not (stale and _replayable(method, body) and _retries_allowed(retries)):
                 self.stats.failed(error_kind(exc))
+                if call is not None:
+                    # A reused connection that died unanswered is most likely one the
+                    # upstream closed while idle: not a verdict on the upstream.
+                    call.failed(Outcome.OTHER if stale else outcome(exc))
                 raise
             # The upstream closed the connection without a byte of answer: most often it
             # timed the connection out while idle, but it may have seen the request, so
-            # only a method that may be repeated is sent again (retry module, rule 2).
+            # only a method that may be repeated is sent again (retry module, rule 2), and
+            # only within the origin's retry budget.
+            if call is not None:
+                try:
+                    call.retry(RetryReason.STALE, exc)
+                except RefusedError:
+                    self.stats.failed(error_kind(exc))
+                    call.failed(Outcome.OTHER)
+                    raise exc from None
             if events.isEnabledFor(logging.DEBUG):
                 _event("retried", conn, error=type(exc).__name__, method=method)
             self.stats.retried_one()
             conn.close()
-        except BaseException as exc:
-            self.stats.failed(error_kind(exc))
-            raise
+        else:
+            if call is not None and not call._judged:  # a connection class's own response
+                call.response(response.status)
+            return response
         finally:
             self.stats.attempted(reused, time.monotonic() - started)
         # Once more, on the same connection, which urllib3 now reconnects: no longer reused,
@@ -395,7 +501,21 @@ class CountedPool(_PoolBase):
         # (begin and end, not ``with retry.deadline``: see there.)
         left = retry.remaining()
         started = retry.begin(self.deadline) if left is None else None
+        call = token = None
         try:
+            policy = self.policy
+            if policy is not None:
+                current = retry.current_call.get()
+                if current is None or current._policy is not policy or current._done:
+                    # A new call: admitted, or refused before any pool wait or socket.
+                    routes = self._routes
+                    route = routes.get((method, url)) if routes is not None else None
+                    call = policy.admit(route or self._route(method, url))
+                    token = retry.current_call.set(call)
+                elif current.stalled:  # urllib3 retrying a stalled call: never resent
+                    stalled = current.stall_error()
+                    assert stalled is not None
+                    raise StalledReadTimeoutError(self, url, stalled)
             if left is not None and left <= 0:
                 history = getattr(retries, "history", ())
                 last = history[-1].error if history else None
@@ -416,9 +536,28 @@ class CountedPool(_PoolBase):
                     raise
                 cause = exc.reason if isinstance(exc, MaxRetryError) else exc
                 raise retry.DeadlineExceededError(self, url, cause) from exc
+        except BaseException:
+            if call is not None:
+                call.done()
+            raise
         finally:
+            if token is not None:
+                retry.current_call.reset(token)
             if started is not None:
                 retry.end(started)
+
+    def _route(self, method: str, url: str) -> str:
+        """The stall detector's route of a call (method and path shape), remembered."""
+        routes = self._routes
+        if routes is None:
+            routes = self._routes = {}
+        key = (method, url)
+        found = routes.get(key)
+        if found is None:
+            if len(routes) >= 256:  # ids in paths and queries: bounded
+                routes.clear()
+            found = routes[key] = route_key(method, url)
+        return found
 
     def _streaming(self, response: BaseHTTPResponse) -> BaseHTTPResponse:
         conn = getattr(response, "_connection", None)  # not released: the body is to read

@@ -5,12 +5,20 @@ A :class:`Registry` owns a urllib3 ``PoolManager`` of counted pools, one per ori
 after a fork the child starts with none and builds its own on first use (see ``_fork``).
 Pools are created lazily, on the first call in the process, so that under gevent their
 locks are made after the monkey patch.
+
+Each origin also has one :class:`~poolclient.resilience.OriginPolicy` per process (circuit
+breaker, bulkhead, retry budget, stall detection), held by the registry's
+:class:`~poolclient.resilience.origins.Origins` for this process and rebuilt after a fork
+as the pools are. The sync pools get theirs when they are made; the async pools ask
+:meth:`Registry.policy` the same way, so both kinds share one policy per origin.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from urllib3 import PoolManager
@@ -18,11 +26,13 @@ from urllib3.connectionpool import port_by_scheme
 from urllib3.exceptions import LocationValueError, URLSchemeUnknown
 from urllib3.poolmanager import SSL_KEYWORDS
 
-from . import _fork, redact, retry
+from . import _fork, metrics, redact, retry
 from .config import Settings
 from .errors import ForkSafetyError
 from .pool import CountedHTTPConnectionPool, CountedHTTPSConnectionPool, CountedPool
 from .probes import Check, Readiness
+from .resilience import OriginPolicy, PolicySettings
+from .resilience.origins import Origins
 from .stats import PoolSnapshot, RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -42,7 +52,8 @@ _OWN_TRUST = ("ca_certs", "ca_cert_dir", "ca_cert_data", "ssl_context")
 class _ProcessPools(PoolManager):
     """The pools of one process: a ``PoolManager`` that counts, bounds and pins trust."""
 
-    def __init__(self, settings: Settings, maxsize: int, timeout: retry.ValidatedTimeout) -> None:
+    def __init__(self, settings: Settings, maxsize: int, timeout: retry.ValidatedTimeout,
+                 policy: Callable[[str, str, int], OriginPolicy] | None = None) -> None:
         trust: dict[str, Any] = {"ca_certs": settings.ca_bundle} if settings.ca_bundle else {}
         super().__init__(
             num_pools=settings.max_hosts,
@@ -56,6 +67,7 @@ class _ProcessPools(PoolManager):
         self.settings = settings
         self.readiness = Readiness()
         self.adapter: PoolAdapter | None = None  # what every .session() mounts
+        self.policy = policy  # an origin's policy in this process (Origins.get)
         self._keys: dict[tuple[Any, ...], Any] = {}  # connection_from_host's arguments
         redact.install()
         self.pool_classes_by_scheme = {
@@ -97,6 +109,8 @@ class _ProcessPools(PoolManager):
             pool.max_lifetime = self.settings.max_lifetime
             pool.deadline = self.settings.deadline
             pool.loop_calls = self.settings.loop_calls
+            if self.policy is not None:
+                pool.policy = self.policy(scheme, host, port)
         return pool
 
     def live_pools(self) -> list[CountedPool]:
@@ -177,12 +191,16 @@ class Registry:
     :param settings: defaults to :meth:`Settings.from_env`.
     :param default_maxsize: the pool size when ``settings.maxsize`` is unset; by default the
         process's concurrency, which the gunicorn hooks set to the worker's thread count.
+    :param policy: the origins' policy settings (:mod:`poolclient.resilience`); defaults to
+        :meth:`PolicySettings.from_env`. ``PolicySettings.off()`` turns every protection off.
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, default_maxsize: int | None = None
+        self, settings: Settings | None = None, *, default_maxsize: int | None = None,
+        policy: PolicySettings | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
+        self.policy_settings = policy if policy is not None else PolicySettings.from_env()
         self.default_maxsize = default_maxsize
         #: The timeouts of a call that gives none (made once: see ``ValidatedTimeout``).
         self.timeout = retry.ValidatedTimeout(connect=self.settings.connect_timeout,
@@ -190,6 +208,8 @@ class Registry:
         self._lock = threading.Lock()
         self._state: _ProcessPools | None = None
         self._aio: ProcessPools | None = None  # the async pools, once a loop has called
+        self._origins: Origins | None = None  # the origins' policies of this process
+        self._origins_lock = threading.Lock()
         _fork.track(self)
 
     def __repr__(self) -> str:
@@ -221,7 +241,8 @@ class Registry:
                 if state is not None:  # inherited, and the at-fork handler did not run
                     state.abandon()
                     _fork.bury(state)
-                state = _ProcessPools(self.settings, self.maxsize, self.timeout)
+                state = _ProcessPools(self.settings, self.maxsize, self.timeout,
+                                      self.origins().get)
                 self._state = state
             return state
         finally:
@@ -231,6 +252,9 @@ class Registry:
         # In the child, straight after fork: rebind and bury, never close (see _fork).
         inherited, self._state = self._state, None
         self._lock = threading.Lock()
+        # The parent's policies: dropped unused (the watchdog thread is not in the child).
+        self._origins = None
+        self._origins_lock = threading.Lock()
         if inherited is not None and inherited.pid != os.getpid():
             inherited.abandon()
             _fork.bury(inherited)
@@ -240,6 +264,34 @@ class Registry:
             _fork.bury(aio)
 
     _abandoned = 0  # connections of async pools inherited across a fork, dropped
+
+    def origins(self) -> Origins:
+        """This process's policies, one per origin, made on first use in each process."""
+        origins = self._origins
+        pid = os.getpid()
+        if origins is not None and origins.pid == pid:
+            return origins
+        with self._origins_lock:
+            origins = self._origins
+            if origins is None or origins.pid != pid:
+                fixed = self.default_maxsize
+                origins = self._origins = Origins(
+                    # Addresses (POOLCLIENT_BALANCE) are not wired into the pools yet: off,
+                    # so /health shows no address list that nothing maintains.
+                    dataclasses.replace(self.policy_settings, balance=False),
+                    concurrency=_fork.concurrency if fixed is None else (lambda: fixed),
+                    read_timeout=self.settings.read_timeout,
+                    sinks=metrics.policy_sink,
+                    max_origins=max(64, 4 * self.settings.max_hosts))
+        return origins
+
+    def policy(self, scheme: str, host: str, port: int) -> OriginPolicy:
+        """The policy of one origin in this process (breaker, bulkhead, retry budget,
+        stall detection); the sync pools get theirs when made, and so should the async
+        pools: ``registry.policy("https", "api.example", 443)``, then ``admit()`` per call
+        as :mod:`poolclient.resilience` describes. The worker's concurrency (its threads)
+        sizes the bulkhead whichever kind of pool asks first."""
+        return self.origins().get(scheme, host, port)
 
     def loop_pools(self) -> LoopPools:
         """This process's async pools for the running event loop (:mod:`poolclient.aio`),
@@ -374,7 +426,10 @@ class Registry:
         if aio is not None and aio.pid == pid:
             pools += aio.snapshots()
             abandoned += aio.abandoned
-        return RegistrySnapshot(pid=pid, pools=tuple(pools), abandoned=abandoned)
+        origins = self._origins
+        policies = origins.snapshots() if origins is not None and origins.pid == pid else ()
+        return RegistrySnapshot(pid=pid, pools=tuple(pools), abandoned=abandoned,
+                                policies=policies)
 
     def close(self) -> bool:
         """Close this process's pools; a later call builds new ones.
@@ -422,11 +477,13 @@ def get_registry() -> Registry:
     return _default
 
 
-def configure(settings: Settings | None = None, *, default_maxsize: int | None = None) -> Registry:
+def configure(settings: Settings | None = None, *, default_maxsize: int | None = None,
+              policy: PolicySettings | None = None) -> Registry:
     """Replace the process-global registry; the old one's pools close if this process owns them."""
     global _default
     with _default_lock:
-        old, _default = _default, Registry(settings, default_maxsize=default_maxsize)
+        old, _default = _default, Registry(settings, default_maxsize=default_maxsize,
+                                           policy=policy)
     if old is not None:
         old.close()
     return _default

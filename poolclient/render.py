@@ -11,6 +11,7 @@ from .stats import RegistrySnapshot
 if TYPE_CHECKING:
     from .inherited import Inherited
     from .probes import Check
+    from .resilience import PolicySnapshot
 
 HEALTH_JSON = "application/health+json"
 
@@ -21,7 +22,9 @@ def health_document(
 ) -> dict[str, object]:
     """The ``/health`` body (``application/health+json``): this worker's pid, its pools,
     their totals, a ``connections`` check per pool that warns when every connection is
-    in use, and the connections it inherited that no pool owns (a warning too)."""
+    in use, the connections it inherited that no pool owns (a warning too), and each
+    origin's policy (:func:`policy_document`), with a ``breaker`` check per origin that
+    warns while its circuit is not closed."""
     shared = [conn.as_dict() for conn in inherited]
     # One entry per pool; an origin may have a sync pool and an async one per event loop.
     checks: dict[str, list[dict[str, object]]] = {}
@@ -34,6 +37,17 @@ def health_document(
             "observedUnit": f"in use of {pool.maxsize}",
             "status": "warn" if pool.in_use >= pool.maxsize else "pass",
         })
+    for policy in snapshot.policies:
+        breaker = policy.breaker
+        if breaker is None:
+            continue
+        rest = policy.origin.partition("://")[2]
+        checks.setdefault(f"{rest}:breaker", []).append({
+            "componentId": policy.origin,
+            "componentType": "component",
+            "observedValue": breaker.state,
+            "status": "pass" if breaker.state == "closed" else "warn",
+        })
     warn = any(c["status"] == "warn" for entries in checks.values() for c in entries)
     warn = warn or bool(shared)
     document: dict[str, object] = {
@@ -44,10 +58,24 @@ def health_document(
         "checks": checks,
         "inherited_connections": shared,
         "abandoned_connections": snapshot.abandoned,
+        "origins": [policy_document(p) for p in snapshot.policies],
     }
     if settings is not None:
         document["settings"] = dict(settings)
     return document
+
+
+def policy_document(policy: PolicySnapshot) -> dict[str, object]:
+    """One origin's policy in this worker: its breaker (state, seconds until it
+    half-opens, why it last opened, recent failures), calls in flight and the bulkhead's
+    limit (applied while degraded), refusals by reason, the retry budget, stalls, the
+    stall detector's routes (samples, p99 seconds) and the addresses. ``null`` where a
+    protection is turned off."""
+    doc = policy.as_dict()
+    doc["routes"] = {route: {"samples": n, "p99_s": p99}
+                     for route, (n, p99) in policy.routes.items()}
+    doc["addresses"] = list(doc["addresses"])  # type: ignore[call-overload]
+    return doc
 
 
 def readiness_document(checks: Iterable[Check], *, details: bool) -> dict[str, object]:

@@ -9,6 +9,10 @@ Three rules, each enforced in one place:
   keep-alive case, where the upstream closed the connection while it sat idle). That
   decision needs to know whether the connection was reused, which only the pool knows: see
   ``CountedPool._make_request``. A POST is never resent.
+- **Every retry is within the origin's retry budget** (``POOLCLIENT_RETRY_BUDGET``, see
+  :mod:`poolclient.resilience`): a connect retry asks for it in :meth:`PolicyRetry.increment`,
+  before its backoff, and the stale keep-alive resend in ``CountedPool._make_request``. A
+  refused retry raises what the attempt would have raised with no retries left.
 - **One call has one deadline**: pool wait, connects, retries, backoff and reads together.
   ``Registry.request`` and ``PooledSession.request`` start it; each wait then starts with
   its timeout cut to what is left (:func:`bounded`): the wait for a connection
@@ -28,20 +32,29 @@ from contextvars import ContextVar, Token
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
-from urllib3.exceptions import ReadTimeoutError
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util import Retry, Timeout
 
 from .errors import PoolClientError
+from .resilience import RefusedError, RetryReason
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
     from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
 
     from .config import Settings
+    from .resilience import Call
 
 # RFC 9110, section 9.2.2: repeating these has the same effect as sending them once.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 _deadline: ContextVar[float | None] = ContextVar("poolclient_deadline", default=None)
+#: The policy's handle of the call under way in this context (set by ``CountedPool.urlopen``
+#: for the length of the call, read by its retries): per thread and greenlet, as above.
+current_call: ContextVar[Call | None] = ContextVar("poolclient_call", default=None)
 
 
 class DeadlineExceededError(ReadTimeoutError, PoolClientError):
@@ -160,6 +173,24 @@ class PolicyRetry(Retry):
         delay = random.uniform(0.0, ceiling)
         left = remaining()
         return delay if left is None else max(0.0, min(delay, left))
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: BaseHTTPResponse | None = None, error: Exception | None = None,
+                  _pool: ConnectionPool | None = None,
+                  _stacktrace: TracebackType | None = None) -> Self:
+        """urllib3's count, then, for a connect retry of a call the policy admitted, the
+        origin's retry budget: refused, the call fails as if no retry were left (a
+        ``MaxRetryError`` of the connect error), before any backoff."""
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        if (error is not None and response is None and self.connect is not None
+                and new.connect is not None and new.connect < self.connect):
+            call = current_call.get()
+            if call is not None:
+                try:
+                    call.retry(RetryReason.CONNECT, error)
+                except RefusedError as refused:
+                    raise MaxRetryError(_pool, url, error) from refused  # type: ignore[arg-type]
+        return new
 
 
 def policy(settings: Settings, **overrides: Any) -> PolicyRetry:

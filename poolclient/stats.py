@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from . import timing
+from .resilience.snapshot import PolicySnapshot
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class RegistrySnapshot:
     #: Connections of async pools dropped unclosed because their event loop closed or the
     #: process forked (never written on: see poolclient.aio.pools).
     abandoned: int = 0
+    #: Each origin's policy in this process (breaker, bulkhead, budget; resilience).
+    policies: tuple[PolicySnapshot, ...] = ()
 
     def totals(self) -> dict[str, int]:
         """Counters summed over all pools (``maxsize`` excluded)."""

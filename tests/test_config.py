@@ -17,9 +17,14 @@ import pytest
 
 from poolclient import ConfigError, PoolClientError, Settings
 from poolclient.gunicorn import check_settings
+from poolclient.resilience.settings import PolicySettings, applied
 from tests.helpers import ROOT, Gunicorn, wait_for
 
 FIELDS = {spec.metadata["env"]: spec for spec in dataclasses.fields(Settings)}
+# The origins' policy settings the pools apply are in the same table (resilience).
+TABLE_FIELDS = {**FIELDS, **{spec.metadata["env"]: spec
+                             for spec in dataclasses.fields(PolicySettings)
+                             if applied(spec.name)}}
 
 
 @pytest.fixture(autouse=True)
@@ -365,11 +370,11 @@ def test_module_prints_a_table_of_every_variable(module: str) -> None:
     assert lines, f"no output; stderr: {result.stderr}"
     assert lines[0] == "| variable | default | meaning |"
     rows = {line.split("`")[1]: line for line in lines[2:]}
-    assert set(rows) == set(FIELDS)
-    assert len(lines) == 2 + len(FIELDS)
+    assert set(rows) == set(TABLE_FIELDS)
+    assert len(lines) == 2 + len(TABLE_FIELDS)
     assert "| unset |" in rows["POOLCLIENT_MAXSIZE"]
     assert "`5.0`" in rows["POOLCLIENT_POOL_TIMEOUT"]
-    for env, spec in FIELDS.items():
+    for env, spec in TABLE_FIELDS.items():
         assert spec.metadata["doc"] in rows[env]
     assert result.stderr == ""
 
@@ -387,6 +392,8 @@ def test_check_settings_returns_settings_from_env(monkeypatch: pytest.MonkeyPatc
     pytest.param("POOLCLIENT_MAXSIZE", "zero", id="maxsize"),
     pytest.param("POOLCLIENT_POOL_TIMEOUT", "nan", id="pool_timeout"),
     pytest.param("POOLCLIENT_BLOCK", "maybe", id="block"),
+    pytest.param("POOLCLIENT_BREAKER_FAILURES", "0", id="breaker_failures"),
+    pytest.param("POOLCLIENT_BULKHEAD_SHARE", "2", id="bulkhead_share"),
 ])
 def test_check_settings_exits_with_one_line(monkeypatch, env: str, raw: str) -> None:
     """check_settings() raises SystemExit with one line naming the bad setting and value."""

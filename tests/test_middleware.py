@@ -309,6 +309,7 @@ GOLDEN = {
     },
     "inherited_connections": [],
     "abandoned_connections": 0,
+    "origins": [],  # no policy in the snapshot: see test_policy_render.py
 }
 
 
@@ -331,7 +332,7 @@ def test_health_document_without_pools() -> None:
     doc = health_document(RegistrySnapshot(pid=1, pools=()))
     assert doc == {"status": "pass", "pid": 1, "pools": [], "checks": {}, "totals": {
         k: 0 for k in GOLDEN["totals"]}, "inherited_connections": [],
-        "abandoned_connections": 0}
+        "abandoned_connections": 0, "origins": []}
 
 
 def test_health_document_names_inherited_connections_and_warns() -> None:

@@ -173,7 +173,9 @@ def test_the_httpx_transports_raise_a_refusal_as_connect_error(err: Exception) -
 
 def test_the_httpx_transports_raise_a_stall_as_read_timeout() -> None:
     from poolclient.integrations._httpx_family import mapped_error
+    from poolclient.pool import StalledReadTimeoutError
 
-    mapped = mapped_error(httpx, StalledError(ORIGIN, 3.0, 2.0),
-                          httpx.Request("GET", "https://a.example/"), reading=True)
+    stalled = StalledReadTimeoutError(None, "/", StalledError(ORIGIN, 3.0, 2.0))
+    mapped = mapped_error(httpx, stalled, httpx.Request("GET", "https://a.example/"),
+                          reading=True)
     assert isinstance(mapped, httpx.ReadTimeout)

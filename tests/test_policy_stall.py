@@ -68,7 +68,8 @@ def test_a_fast_route_is_allowed_the_floor_and_a_stall_is_named_once() -> None:
     assert policy.sweep() == []  # returned once
     assert call.failed(Outcome.NO_RESPONSE) is Outcome.STALLED  # the shutdown's error
     err = call.stall_error()
-    assert isinstance(err, StalledError) and isinstance(err, TimeoutError)
+    # Not an OSError: requests would make any OSError a ConnectionError (see errors.py).
+    assert isinstance(err, StalledError) and not isinstance(err, OSError)
     assert err.origin == ORIGIN
     assert (err.waited, err.threshold) == pytest.approx((2.0, 2.0))
     call.done()

@@ -109,6 +109,14 @@ class Breaker:
             return self._close()
         return None  # no verdict (cancelled, deadline): the next caller probes
 
+    def succeeded(self, now: float, call: object) -> BreakerState | None:
+        """``call`` succeeded: :meth:`record` of a success, its common case (closed) short."""
+        if self.state is BreakerState.CLOSED:
+            self.consecutive = 0
+            self.window.add(now, _CALLS)
+            return None
+        return self.record(now, Outcome.SUCCESS, call)
+
     def release(self, call: object) -> None:
         """``call`` is done: if it was the probe and gave no verdict, free the slot."""
         if call is self.probe:

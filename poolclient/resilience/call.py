@@ -3,6 +3,11 @@
 Its times are written by the thread or task making the call, without the policy's lock
 (one writer), and read by :meth:`OriginPolicy.sweep`; a float attribute is read whole, so
 the sweeper sees either the old wait or the new one, never a torn value.
+
+Every call of every request passes here, so the common path is kept short (callgrind
+counts it in ``make bench``): state lives in class defaults and only what changes is
+written, and a success while the breaker is closed is recorded when the call is done,
+under the one lock :meth:`done` takes anyway.
 """
 
 from __future__ import annotations
@@ -11,8 +16,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .breaker import BreakerState
 from .errors import StalledError
 from .outcomes import Outcome, RetryReason
+
+_SUCCESS = Outcome.SUCCESS
+_CLOSED = BreakerState.CLOSED
+_GATEWAY = (502, 503, 504)
 
 if TYPE_CHECKING:
     from .policy import OriginPolicy
@@ -26,31 +36,51 @@ class Call:
     when :meth:`OriginPolicy.sweep` finds it stalled (the policy never calls it).
     """
 
-    __slots__ = ("_policy", "route", "read_timeout", "tried", "on_abort", "stalled",
-                 "_stall", "_started", "_waiting", "_last", "_max_gap", "_responded",
-                 "_judged", "_failed", "_done")
+    # Defaults at class level (no __slots__): a call writes only what changes.
+    on_abort: Callable[[], None] | None = None
+    stalled = False
+    _stall = (0.0, 0.0)  # waited, limit: when the sweeper found it stalled
+    _started = False  # an attempt is under way
+    _waiting = False  # on the upstream (connect, send, status line, a read)
+    _last = 0.0  # when the current wait began
+    _max_gap = 0.0  # this attempt's longest wait
+    _responded = False
+    _judged = False  # this attempt's verdict is in
+    _success = False  # a success to record when done (the breaker was closed)
+    _failed = False
+    _done = False
+    _tried: list[str] | None = None
 
-    def __init__(self, policy: OriginPolicy, route: str, read_timeout: float | None) -> None:
+    read_timeout: float | None = None  # its own, if it brought one (else the policy's)
+
+    def __init__(self, policy: OriginPolicy, route: str,
+                 read_timeout: float | None = None) -> None:
         self._policy = policy
         self.route = route
-        self.read_timeout = read_timeout
-        self.tried: list[str] = []  # addresses connected to or tried, in order
-        self.on_abort: Callable[[], None] | None = None
-        self.stalled = False
-        self._stall = (0.0, 0.0)  # waited, limit: when the sweeper found it stalled
-        self._started = False  # an attempt is under way
-        self._waiting = False  # on the upstream (connect, send, status line, a read)
-        self._last = 0.0  # when the current wait began
-        self._max_gap = 0.0  # this attempt's longest wait
-        self._responded = False
-        self._judged = False  # this attempt's verdict is in
-        self._failed = False
-        self._done = False
+        if read_timeout is not None:
+            self.read_timeout = read_timeout
+
+    @property
+    def tried(self) -> list[str]:
+        """Addresses connected to or tried, in order."""
+        if self._tried is None:
+            self._tried = []
+        return self._tried
 
     def __repr__(self) -> str:
         state = ("stalled" if self.stalled else "done" if self._done
                  else "waiting" if self._waiting else "running" if self._started else "queued")
         return f"<Call {self._policy.origin} {self.route or '-'} {state}>"
+
+    @property
+    def policy(self) -> OriginPolicy:
+        """The origin's policy that admitted it."""
+        return self._policy
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`done` was called."""
+        return self._done
 
     def __enter__(self) -> Call:
         return self
@@ -67,16 +97,27 @@ class Call:
         self._last = self._policy._clock()
         self._max_gap = 0.0
         self._started = self._waiting = True
-        self._responded = self._judged = self._failed = False
+        if self._judged:  # a retry: the last attempt's verdict is in
+            self._responded = self._judged = self._failed = self._success = False
 
     def response(self, status: int) -> Outcome:
         """The status line arrived: the attempt's verdict (502, 503, 504 fail)."""
-        self.progress()
+        policy = self._policy
+        now = policy._clock()
+        gap = now - self._last
+        if gap > self._max_gap:
+            self._max_gap = gap
+        self._last = now
+        self._waiting = False
         self._responded = True
-        outcome = Outcome.of_status(status)
+        outcome = Outcome.GATEWAY_ERROR if status in _GATEWAY else _SUCCESS
         if not self._judged:
             self._judged = True
-            self._policy._judge(self, outcome)
+            breaker = policy._breaker
+            if outcome is _SUCCESS and (breaker is None or breaker.state is _CLOSED):
+                self._success = True  # counted by done(), under its lock
+            else:
+                policy._judge(self, outcome)
         return outcome
 
     def reading(self) -> None:
@@ -101,6 +142,7 @@ class Call:
         status line it is the attempt's verdict; after, the verdict is in already."""
         if self.stalled:
             outcome = Outcome.STALLED
+        self._success = False
         self._failed = True
         self._waiting = False
         if not self._judged:
@@ -138,7 +180,8 @@ class Call:
         self._policy.connect_failed(address)
 
     def done(self) -> None:
-        """The call is over (answered and released, or failed for good). Idempotent."""
+        """The call is over (answered and released, or failed for good). Idempotent.
+        (The sync pool does this itself, a frame less: keep the two alike.)"""
         if not self._done:
             self._done = True
             self._policy._done(self)

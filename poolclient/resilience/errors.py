@@ -109,7 +109,7 @@ class RetryBudgetExhaustedError(RefusedError):
         return (type(self), (self.origin, self.retry_reason, self.last_error))
 
 
-class StalledError(PoolClientError, TimeoutError):
+class StalledError(PoolClientError):
     """A call in flight made no progress (no byte, no status line) for ``waited`` seconds,
     ``threshold`` being what the origin's own recent calls justify
     (POOLCLIENT_STALL_FACTOR times their 99th percentile, within the floor and cap); the
@@ -117,8 +117,13 @@ class StalledError(PoolClientError, TimeoutError):
 
     The request was sent, so poolclient never sends it again. To the caller it is a read
     timeout: the sync pool raises it as a subclass of urllib3's ``ReadTimeoutError``
-    (``requests.exceptions.ReadTimeout``); poolclient's httpx transports map a
-    ``TimeoutError`` to ``ReadTimeout`` (the SDKs' ``APITimeoutError``).
+    (:class:`poolclient.pool.StalledReadTimeoutError`: ``requests.exceptions.ReadTimeout``,
+    and ``ReadTimeout`` through poolclient's httpx transports, the SDKs'
+    ``APITimeoutError``); the async pools raise theirs as their read timeout.
+
+    Deliberately not an ``OSError`` (nor the builtin ``TimeoutError``, which is one):
+    requests turns every ``OSError`` raised by a pool into ``ConnectionError`` before it
+    looks for urllib3's ``ReadTimeoutError``, and urllib3 wraps one in ``ProtocolError``.
     """
 
     def __init__(self, origin: str, waited: float, threshold: float) -> None:

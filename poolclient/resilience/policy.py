@@ -37,6 +37,7 @@ from .snapshot import AddressSnapshot, BreakerSnapshot, BudgetSnapshot, PolicySn
 from .stall import Latencies
 
 log = logging.getLogger("poolclient")
+_CLOSED = BreakerState.CLOSED
 
 # Seconds an origin stays degraded (its calls limited by the bulkhead) after a stall: long
 # enough to cover the breaker's reaction, short enough that a blip is soon forgotten.
@@ -74,6 +75,8 @@ class OriginPolicy:
         self.read_timeout = read_timeout
         # Floor of the share, at least one call; the epsilon keeps 0.3 x 10 at 3.
         self.limit = max(1, math.floor(settings.bulkhead_share * concurrency + 1e-9))
+        # Calls in flight under which admit() need not look further (no bulkhead: any).
+        self._fast_limit = self.limit if settings.bulkhead else math.inf
         self.sink = sink
         self._clock = clock
         self._lock = threading.Lock()
@@ -114,8 +117,29 @@ class OriginPolicy:
         """A call to this origin wants to start: its :class:`Call`, or a
         :class:`CircuitOpenError` / :class:`BulkheadFullError`, raised before any pool
         wait. ``route`` (:func:`~.stall.route_key`) groups calls for stall detection."""
-        call = Call(self, route, self.read_timeout if read_timeout is None else read_timeout)
+        call = Call(self, route, read_timeout)
         now = self._clock()
+        breaker = self._breaker
+        # The common case, kept short (every request passes here; callgrind counts it):
+        # breaker closed, under the bulkhead's limit. acquire/release rather than ``with``,
+        # half the instructions; nothing between them can raise.
+        lock = self._lock
+        lock.acquire()
+        if ((breaker is None or breaker.state is _CLOSED)
+                and len(self._in_flight) < self._fast_limit):
+            self._in_flight.add(call)
+            if self._budget is not None:  # budget.first(now), two frames less
+                window = self._budget.window
+                if window._from <= now < window._until:
+                    window._current[0] += 1
+                else:
+                    window.add(now, 0)
+            lock.release()
+            return call
+        lock.release()
+        return self._admit_slowly(call, now)
+
+    def _admit_slowly(self, call: Call, now: float) -> Call:
         changed = None
         refusal: RefusedError | None = None
         with self._lock:
@@ -184,13 +208,29 @@ class OriginPolicy:
             raise RetryBudgetExhaustedError(self.origin, reason, last_error) from last_error
 
     def _done(self, call: Call) -> None:
-        with self._lock:
+        changed = None
+        breaker = self._breaker
+        with self._lock:  # (every request: see admit; a with, as record() could raise)
             self._in_flight.discard(call)
-            if self._breaker is not None:
-                self._breaker.release(call)
-            if (self._latencies is not None and call._responded and not call._failed
+            if breaker is not None:
+                if call._success:  # its response's verdict, deferred to here (Call.response)
+                    if breaker.state is _CLOSED:  # breaker.succeeded(), two frames less
+                        breaker.consecutive = 0
+                        window, now = breaker.window, call._last
+                        if window._from <= now < window._until:
+                            window._current[0] += 1
+                        else:
+                            window.add(now, 0)
+                    else:
+                        changed = breaker.succeeded(call._last, call)
+                if breaker.probe is call:  # a probe gone without a verdict frees its slot
+                    breaker.probe = None
+            latencies = self._latencies
+            if (latencies is not None and call._responded and not call._failed
                     and not call.stalled):
-                self._latencies.add(call.route, call._max_gap)
+                latencies.add(call.route, call._max_gap)
+        if changed is not None:
+            self._report(changed, "", 0.0, None)
 
     def _report(self, state: BreakerState, reason: str, open_for: float,
                 last: Outcome | None) -> None:
@@ -227,7 +267,8 @@ class OriginPolicy:
                 waited = now - call._last
                 if waited < floor:
                     continue
-                limit = latencies.limit(call.route, call.read_timeout)
+                limit = latencies.limit(call.route, self.read_timeout
+                                        if call.read_timeout is None else call.read_timeout)
                 if limit is not None and waited >= limit:
                     call.stalled = True
                     call._stall = (waited, limit)

@@ -65,6 +65,18 @@ def rate(value: object) -> float:
         raise ValueError("expected a number per second, 0 or more") from None
 
 
+# The address settings (POOLCLIENT_BALANCE and what it governs) are validated but not yet
+# applied by the pools, which connect as urllib3 does: left out of the settings table and
+# /health until they are.
+NOT_APPLIED = frozenset({"balance", "dns_refresh", "eject_failures", "eject_time",
+                         "eject_max_share"})
+
+
+def applied(name: str) -> bool:
+    """Whether the pools apply the setting of field ``name``."""
+    return name not in NOT_APPLIED
+
+
 def _setting(env: str, default: object, validator: Validator, doc: str) -> Any:
     # The same metadata as config._setting's, so the fields move into Settings unchanged.
     metadata = {"env": env, "validator": validator, "doc": doc, "secret": False, "shown": None}
@@ -200,6 +212,11 @@ class PolicySettings:
                 values[spec.name] = environ[spec.metadata["env"]]
         values.update(overrides)
         return cls(**values)
+
+    def redacted(self) -> dict[str, object]:
+        """The settings in force, by environment variable name (none is secret)."""
+        return {spec.metadata["env"]: getattr(self, spec.name)
+                for spec in dataclasses.fields(self) if applied(spec.name)}
 
     @classmethod
     def off(cls) -> PolicySettings:

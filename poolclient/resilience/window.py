@@ -12,7 +12,7 @@ from __future__ import annotations
 class Window:
     """``counters`` counts per bucket; no lock, no clock: its owner passes ``now``."""
 
-    __slots__ = ("span", "_width", "_steps", "_epochs", "_counts")
+    __slots__ = ("span", "_width", "_steps", "_epochs", "_counts", "_from", "_until", "_current")
 
     def __init__(self, span: float, counters: int = 2, steps: int = 10) -> None:
         self.span = span
@@ -20,8 +20,14 @@ class Window:
         self._steps = steps
         self._epochs = [-1] * steps
         self._counts = [[0] * counters for _ in range(steps)]
+        # The bucket last added to and the times it covers: most adds land in it.
+        self._from = self._until = 0.0
+        self._current = self._counts[0]
 
     def add(self, now: float, index: int, amount: int = 1) -> None:
+        if self._from <= now < self._until:
+            self._current[index] += amount
+            return
         epoch = int(now // self._width)
         slot = epoch % self._steps
         counts = self._counts[slot]
@@ -30,6 +36,8 @@ class Window:
             for i in range(len(counts)):
                 counts[i] = 0
         counts[index] += amount
+        self._from, self._until, self._current = (
+            epoch * self._width, (epoch + 1) * self._width, counts)
 
     def totals(self, now: float) -> list[int]:
         epoch = int(now // self._width)
@@ -43,3 +51,4 @@ class Window:
 
     def clear(self) -> None:
         self._epochs = [-1] * self._steps
+        self._from = self._until = 0.0
