@@ -303,7 +303,7 @@ class Registry:
                 if aio is None or aio.pid != os.getpid():
                     from .aio.pools import ProcessPools
 
-                    aio = self._aio = ProcessPools(self.settings, self.maxsize)
+                    aio = self._aio = ProcessPools(self.settings, self.maxsize, self.policy)
         return aio.for_running_loop()
 
     def request(

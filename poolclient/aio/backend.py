@@ -21,8 +21,10 @@ touching httpcore2's private state:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -32,7 +34,10 @@ from typing import TYPE_CHECKING, Any
 import httpcore2
 from httpcore2 import AnyIOBackend, AsyncNetworkBackend, AsyncNetworkStream
 
+from ..resilience import RetryBudgetExhaustedError, RetryReason
+
 if TYPE_CHECKING:
+    from ..resilience import Call
     from ..stats import PoolStats
 
 
@@ -46,12 +51,15 @@ class CallLimits:
     Cheaper than a cancel scope around the call, and a cut wait fails as httpcore2's own
     timeout does, its connection closed by httpcore2."""
 
-    __slots__ = ("backoff", "connect_at", "deadline_at", "retries", "sent_at", "sent_on")
+    __slots__ = ("backoff", "connect_at", "deadline_at", "retries", "sent_at", "sent_on",
+                 "verdict")
 
-    def __init__(self, retries: int, backoff: float, deadline_at: float | None) -> None:
+    def __init__(self, retries: int, backoff: float, deadline_at: float | None,
+                 verdict: Call | None = None) -> None:
         self.retries = retries
         self.backoff = backoff
         self.deadline_at = deadline_at
+        self.verdict = verdict  # the call in the origin's policy (poolclient.resilience)
         self.sent_on: PoolStream | None = None  # the connection the request went out on
         # For the span's pool wait (monotonic): when this call's first connect began,
         # else when its request's first bytes went out on a reused connection.
@@ -142,6 +150,8 @@ class PoolStream(AsyncNetworkStream):
             timeout = call.bounded(timeout)
             if call.sent_on is None:
                 call.sent_at = time.monotonic()
+                if call.verdict is not None:  # what the watchdog runs if this call stalls
+                    call.verdict.on_abort = self.abort
             call.sent_on = self
         await self.inner.write(buffer, timeout)
 
@@ -180,6 +190,15 @@ class PoolStream(AsyncNetworkStream):
             return True
         return self.inner.get_extra_info(info)
 
+    def abort(self) -> None:
+        """The resilience watchdog's ``on_abort``, from its thread: shut this stalled
+        connection's socket down, so the task waiting on it wakes with an error now, not
+        at the read timeout. Only this process's own connection (never one inherited)."""
+        sock = self.inner.get_extra_info("socket")
+        if sock is not None and self.backend.pid == os.getpid():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def release(self, devnull: int) -> None:
         """Release this process's hold on the socket, and nothing else: no TLS
         close_notify, no shutdown, nothing written (see :mod:`.pools`).
@@ -199,6 +218,7 @@ class CountingBackend(AsyncNetworkBackend):
     def __init__(self, stats: PoolStats, *, tls: bool, idle_timeout: float,
                  max_lifetime: float) -> None:
         self.inner = AnyIOBackend()
+        self.pid = os.getpid()
         self.stats = stats
         self.tls = tls
         self.idle_timeout = idle_timeout
@@ -226,6 +246,11 @@ class CountingBackend(AsyncNetworkBackend):
                 delay = _backoff(call, attempt)
                 if delay is None:
                     raise
+                if call is not None and call.verdict is not None:
+                    try:  # connect retries draw on the origin's retry budget
+                        call.verdict.retry(RetryReason.CONNECT, exc)
+                    except RetryBudgetExhaustedError:
+                        raise exc from None
                 attempt += 1
                 self.stats.retried_one("connect")
                 await asyncio.sleep(delay)

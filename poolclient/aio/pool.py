@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import httpcore2
 
 from .. import metrics
+from ..resilience import Outcome, route_key
+from ..resilience.httpcore_outcomes import outcome
 from ..stats import PoolSnapshot, PoolStats
 from .backend import CallLimits, CountingBackend, PoolStream, SessionCache, current_call
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..integrations.otel import ClientCall
+    from ..resilience import Call, OriginPolicy
 
 
 class AsyncPool:
@@ -40,7 +43,8 @@ class AsyncPool:
     """
 
     def __init__(self, scheme: str, host: str, port: int, *, settings: Settings,
-                 maxsize: int, pool_timeout: float, tls: SessionCache | None) -> None:
+                 maxsize: int, pool_timeout: float, tls: SessionCache | None,
+                 policy: OriginPolicy | None = None) -> None:
         self.scheme, self.host, self.port = scheme, host, port
         self.maxsize = maxsize
         self.pool_timeout = pool_timeout
@@ -60,6 +64,10 @@ class AsyncPool:
             keepalive_expiry=settings.idle_timeout, http1=True, http2=False,
             network_backend=self.backend)
         self.in_flight = 0
+        #: The origin's breaker, bulkhead, retry budget and stall detection, shared with
+        #: the sync pools of the process (``Registry.policy``); ``None``: none.
+        self.policy = policy
+        self._routes: dict[tuple[bytes, bytes], str] = {}
 
     def __repr__(self) -> str:
         return (f"<AsyncPool {self.scheme}://{self.host}:{self.port} [in flight "
@@ -75,9 +83,10 @@ class AsyncPool:
         :class:`Exchange` and must close. httpcore2's exceptions are raised as they are;
         the deadline's as ``httpcore2.ReadTimeout``."""
         stats = self.stats
+        verdict = self._admit(request)  # may refuse (RefusedError) before any wait or socket
         started = time.monotonic()
         call = CallLimits(self.connect_retries if retries is None else retries, self.backoff,
-                          started + deadline if deadline is not None else None)
+                          started + deadline if deadline is not None else None, verdict)
         timeouts = request.extensions.get("timeout") or {}
         request.extensions["timeout"] = {
             "connect": _given(timeouts.get("connect"), self.connect_timeout),
@@ -101,6 +110,11 @@ class AsyncPool:
             stats.checked_in()
             if traced is not None:
                 traced.failed(exc)
+            if verdict is not None:
+                stalled = self._judge_failure(verdict, exc)
+                if stalled is not None:
+                    stats.failed("timeout")
+                    raise stalled from exc
             if isinstance(exc, asyncio.CancelledError):
                 stats.cancelled_one()
                 raise
@@ -122,10 +136,43 @@ class AsyncPool:
             self._attempted(stream, started)
         stats.streamed()
         exchange = Exchange(self, response)
+        if verdict is not None:
+            verdict.response(response.status)  # the attempt's verdict: 502-504 fail
+            exchange.verdict = verdict
         if traced is not None:
             traced.sent(response.status, (call.connect_at or call.sent_at or started) - started)
             exchange.traced = traced
         return response, exchange
+
+    def _admit(self, request: httpcore2.Request) -> Call | None:
+        policy = self.policy
+        if policy is None:
+            return None
+        key = (request.method, request.url.target)
+        route = self._routes.get(key)
+        if route is None:
+            if len(self._routes) >= 256:  # ids in paths and queries: bounded
+                self._routes.clear()
+            route = self._routes[key] = route_key(
+                request.method.decode("ascii"), request.url.target.decode("latin-1"))
+        verdict = policy.admit(route, self.read_timeout)
+        verdict.attempt()
+        return verdict
+
+    def _judge_failure(self, verdict: Call, exc: BaseException) -> Exception | None:
+        """Report a failed attempt to the policy and end its call; the read timeout to
+        raise instead when the watchdog aborted it as stalled."""
+        try:
+            if verdict.stalled:
+                verdict.failed(Outcome.STALLED)
+                stall = verdict.stall_error()
+                return httpcore2.ReadTimeout(
+                    str(stall) if stall is not None else
+                    f"{self.scheme}://{self.host}:{self.port} stalled: aborted")
+            verdict.failed(outcome(exc))
+            return None
+        finally:
+            verdict.done()
 
     def _attempted(self, stream: PoolStream, started: float) -> None:
         self.stats.attempted(stream.requests > 0, time.monotonic() - started)
@@ -149,7 +196,7 @@ class Exchange:
     cancelled while reading. The body itself is ``response.stream``, read by the caller,
     which reports here how its reading ended."""
 
-    __slots__ = ("done", "finished", "pool", "response", "traced")
+    __slots__ = ("done", "finished", "pool", "response", "traced", "verdict")
 
     def __init__(self, pool: AsyncPool, response: httpcore2.Response) -> None:
         self.pool = pool
@@ -157,6 +204,7 @@ class Exchange:
         self.done = False  # read to the end
         self.finished = False
         self.traced: ClientCall | None = None  # its client span, where spans are on
+        self.verdict: Call | None = None  # its call in the origin's policy, if any
 
     async def cancelled(self) -> None:
         await self._finish("cancelled")
@@ -177,6 +225,8 @@ class Exchange:
         try:
             await self.response.aclose()
         finally:
+            if self.verdict is not None:
+                self.verdict.done()
             pool.in_flight -= 1
             if how == "cancelled":
                 pool.stats.cancelled_one()

@@ -23,6 +23,7 @@ import asyncio
 import os
 import ssl
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .backend import SessionCache
@@ -30,6 +31,7 @@ from .pool import AsyncPool
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..resilience import OriginPolicy
     from ..stats import PoolSnapshot
 
 class LoopPools:
@@ -65,7 +67,8 @@ class LoopPools:
             scheme, host, port, settings=settings,
             maxsize=int(limits.get("maxsize", owner.maxsize)),
             pool_timeout=limits.get("pool_timeout", settings.pool_timeout),
-            tls=_tls(settings, trust) if scheme == "https" else None)
+            tls=_tls(settings, trust) if scheme == "https" else None,
+            policy=owner.policy(scheme, host, port) if owner.policy is not None else None)
         self.pools[key] = pool
         return pool
 
@@ -89,10 +92,12 @@ class LoopPools:
 class ProcessPools:
     """Every running loop's async pools, in the process that built them."""
 
-    def __init__(self, settings: Settings, maxsize: int) -> None:
+    def __init__(self, settings: Settings, maxsize: int,
+                 policy: Callable[[str, str, int], OriginPolicy] | None = None) -> None:
         self.pid = os.getpid()
         self.settings = settings
         self.maxsize = maxsize
+        self.policy = policy  # an origin's policy in this process (Registry.policy)
         self.loops: dict[asyncio.AbstractEventLoop, LoopPools] = {}
         self.abandoned = 0
         self._lock = threading.Lock()  # loops are added from their own threads

@@ -31,6 +31,7 @@ import httpcore2
 
 from ..config import non_negative_int, positive_seconds
 from ..integrations._httpx_family import _checked
+from ..resilience import RefusedError
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -151,6 +152,8 @@ def mapped_error(package: ModuleType, exc: Exception, request: Any) -> Exception
     """The package's exception for one of httpcore2's: the class of the same name, or of
     its nearest base that the package has; ``None`` for anything else (an upload stream's
     own error, say), to be raised as it is."""
+    if isinstance(exc, RefusedError):  # the origin's policy refused it before any socket
+        return package.ConnectError(str(exc), request=request)  # type: ignore[no-any-return]
     if not isinstance(exc, _HTTPCORE_ERRORS):
         return None
     for cls in type(exc).__mro__:
