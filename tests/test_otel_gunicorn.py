@@ -1,7 +1,9 @@
 """Real gunicorn under OpenTelemetry's auto-instrumentation, as ``opentelemetry-instrument
-gunicorn -c gunicorn.conf.py`` runs it (its sitecustomize on PYTHONPATH, configured by
-OTEL_* variables), exporting OTLP/HTTP to a receiver on loopback: under load, no errors,
-one client span per upstream call, and each worker's pool metrics equal to its /health."""
+gunicorn -c gunicorn.conf.py`` runs it (the distro configures the SDK from OTEL_* variables
+and turns every instrumentation on), exporting OTLP/HTTP to a receiver on loopback that
+decodes the protobuf: under load, no errors, one client span per upstream call with the
+pool's events, and each worker's pool metrics equal to its /health; also when the master
+called the upstream and exported before the fork."""
 
 from __future__ import annotations
 
