@@ -510,7 +510,11 @@ class CountedPool(_PoolBase):
                     # A new call: admitted, or refused before any pool wait or socket.
                     routes = self._routes
                     route = routes.get((method, url)) if routes is not None else None
-                    call = policy.admit(route or self._route(method, url))
+                    try:
+                        call = policy.admit(route or self._route(method, url))
+                    except RefusedError as exc:
+                        self.stats.refused(exc.reason.value)  # told to the request's span
+                        raise
                     token = retry.current_call.set(call)
                 elif current.stalled:  # urllib3 retrying a stalled call: never resent
                     stalled = current.stall_error()

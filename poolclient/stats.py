@@ -73,8 +73,11 @@ class RegistrySnapshot:
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
-# Why a call was refused before it went out (PoolStats.refused), as span events name it.
-REFUSED_BREAKER = "breaker"
+# Why the resilience policy refused a call (PoolStats.refused), as its refusals name it
+# (poolclient.resilience.Refusal's values): the breaker open, the degraded origin's share
+# full, the retry budget spent.
+REFUSED_BREAKER = "open"
+REFUSED_OVERFLOW = "overflow"
 REFUSED_BUDGET = "budget"
 
 # Under load, the longest a pool's per-request counts wait before its sink has them.
@@ -353,8 +356,8 @@ class PoolStats:
 
     def refused(self, reason: str) -> None:
         """The resilience policy refused the call before it reached the pool (``reason``:
-        :data:`REFUSED_BREAKER` or :data:`REFUSED_BUDGET`): told to the request's span.
-        Counted by the policy itself."""
+        :data:`REFUSED_BREAKER`, :data:`REFUSED_OVERFLOW` or :data:`REFUSED_BUDGET`): told
+        to the request's span. Counted by the policy itself."""
         if self.events is not None:
             self.events.refused(reason)
 

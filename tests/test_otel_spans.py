@@ -267,7 +267,45 @@ def test_a_refusal_is_told_to_the_span(spans):
         stats.refused(REFUSED_BUDGET)
     [span] = client_spans(exporter)
     assert [(e.name, dict(e.attributes)) for e in span.events] == [
-        (otel.EVENT_REFUSED, {"poolclient.refusal.reason": "breaker"}),
+        (otel.EVENT_REFUSED, {"poolclient.refusal.reason": "open"}),
         (otel.EVENT_REFUSED, {"poolclient.refusal.reason": "budget"})]
     otel.enable_spans(False)
     assert PoolStats(4).events is None
+
+
+def test_an_open_breaker_refusal_is_an_event_on_the_calls_span(spans, urllib3_spans,
+                                                               upstream):
+    """Five 503s open the origin's breaker; the next calls are refused before any socket.
+    An async call's own client span says why. A sync call is refused in the pool before
+    urllib3's instrumentation starts its span: the event goes on the span current then,
+    here the handler's."""
+    from poolclient.resilience import PolicySettings
+
+    provider, _ = spans
+    registry = Registry(Settings(ca_bundle=upstream.ca, maxsize=4, pool_timeout=5),
+                        policy=PolicySettings())
+    try:
+        for _ in range(5):
+            assert registry.request("GET", upstream.url + "/status/503",
+                                    retries=False).status == 503
+        urllib3_spans.clear()
+        with provider.get_tracer("test").start_as_current_span("handler"), \
+                pytest.raises(Exception, match="circuit"):
+            registry.request("GET", upstream.url + "/x")
+
+        async def main() -> None:
+            async with httpx2.AsyncClient(
+                    transport=registry.httpx2_async_transport()) as client:
+                with pytest.raises(httpx2.ConnectError, match="circuit"):
+                    await client.get(upstream.url + "/x")
+
+        asyncio.run(main())
+        handler, own = sorted(urllib3_spans.get_finished_spans(), key=lambda s: s.start_time)
+        assert (handler.name, own.instrumentation_scope.name) == ("handler", otel.TRACER)
+        assert own.kind is SpanKind.CLIENT and own.status.status_code.name == "ERROR"
+        for span in (handler, own):
+            assert [e.attributes for e in events(span, otel.EVENT_REFUSED)] == [
+                {"poolclient.refusal.reason": "open"}]
+        assert upstream.stats()["requests"] == 5
+    finally:
+        registry.close()

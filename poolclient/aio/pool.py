@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpcore2
 
 from .. import metrics
-from ..resilience import Outcome, route_key
+from ..resilience import Outcome, RefusedError, route_key
 from ..resilience.httpcore_outcomes import outcome
 from ..stats import PoolSnapshot, PoolStats
 from .backend import CallLimits, CountingBackend, PoolStream, SessionCache, current_call
@@ -83,7 +83,16 @@ class AsyncPool:
         :class:`Exchange` and must close. httpcore2's exceptions are raised as they are;
         the deadline's as ``httpcore2.ReadTimeout``."""
         stats = self.stats
-        verdict = self._admit(request)  # may refuse (RefusedError) before any wait or socket
+        events = stats.events
+        traced = events.start(request, self.scheme, self.host, self.port) if events else None
+        try:
+            verdict = self._admit(request)  # may refuse before any wait or socket
+        except BaseException as exc:
+            if isinstance(exc, RefusedError):
+                stats.refused(exc.reason.value)
+            if traced is not None:
+                traced.failed(exc)
+            raise
         started = time.monotonic()
         call = CallLimits(self.connect_retries if retries is None else retries, self.backoff,
                           started + deadline if deadline is not None else None, verdict)
@@ -94,8 +103,6 @@ class AsyncPool:
             "write": _given(timeouts.get("write"), self.read_timeout),
             "pool": call.bounded(_given(timeouts.get("pool"), self.pool_timeout)),
         }
-        events = stats.events
-        traced = events.start(request, self.scheme, self.host, self.port) if events else None
         token = current_call.set(call)
         if self.in_flight >= self.maxsize:
             stats.waited()

@@ -37,11 +37,13 @@ Spans (:class:`SpanEvents`), where a tracer provider is configured (or
 ``poolclient.pool.wait`` (every checkout, with the wait), ``poolclient.connection.opened``
 (a new connection: its handshake time, ``tls.resumed``), ``poolclient.request.sent`` (each
 attempt, ``poolclient.connection.reused`` true or false), ``poolclient.retry`` (the stale
-resend, an async connect retry) and ``poolclient.refused`` (the resilience policy's
-breaker and budget refusals, through ``PoolStats.refused``). The sync pools' client span is
+resend, an async connect retry) and ``poolclient.refused`` (the resilience policy refused
+the call: ``poolclient.refusal.reason`` open, overflow or budget). The sync pools' client span is
 OpenTelemetry's urllib3 (or requests) instrumentation's; the async pools make their own
 (scope ``poolclient``, the trace context sent in the request) unless the request already
-carries one, from an instrumented httpx client, whose span then gets the events.
+carries one, from an instrumented httpx client, whose span then gets the events. (A sync
+call the policy refuses never reaches urllib3, whose instrumentation makes no span for it:
+its event goes on the span current then, the caller's.)
 
 The meter is named ``poolclient``: where OpenTelemetry's own urllib3 or httpx
 instrumentation reports ``http.client.request.duration`` too, its instrumentation scope
@@ -88,8 +90,8 @@ EVENT_WAIT = "poolclient.pool.wait"  # each checkout: poolclient.pool.wait.durat
 EVENT_OPENED = "poolclient.connection.opened"  # a new connection: handshake, tls.resumed
 EVENT_ATTEMPT = "poolclient.request.sent"  # each attempt: poolclient.connection.reused
 EVENT_RETRY = "poolclient.retry"  # poolclient.retry.reason: stale or connect
-# The resilience policy's refusals (poolclient.refusal.reason: breaker or budget), told
-# through PoolStats.refused by whoever wires the policy into the pools.
+# The resilience policy's refusals of a call (poolclient.refusal.reason: open, overflow or
+# budget, as the policy names them), told through PoolStats.refused.
 EVENT_REFUSED = "poolclient.refused"
 TRACER = "poolclient"
 
