@@ -39,6 +39,8 @@ from tests.helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 pytest.importorskip("openai")
 pytest.importorskip("anthropic")
 pytest.importorskip("fastapi")

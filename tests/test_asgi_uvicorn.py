@@ -23,6 +23,8 @@ from tests.test_asgi_gunicorn import (
     start_sdk_app,
 )
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 pytest.importorskip("uvicorn_worker")
 
 UVICORN = ["-k", "uvicorn_worker.UvicornWorker"]

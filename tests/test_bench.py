@@ -12,6 +12,8 @@ import pytest
 
 from bench import burst, callgrind, report, run, scenarios
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 WRK_OUTPUT = """\
 Running 1s test @ http://127.0.0.1:8100/
   2 threads and 16 connections

@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import ROOT, Upstream, free_port, wait_for
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 WORKERS = 2
 
 

@@ -15,6 +15,8 @@ import yaml
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 DEPLOY = os.path.join(ROOT, "deploy")
 
 

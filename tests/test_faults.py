@@ -34,7 +34,8 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 
 CALLER = "tests.apps.caller:app"
 

@@ -14,6 +14,8 @@ import urllib3
 
 from tests.helpers import Upstream, health_by_worker, load, other_ca_file, refused_url, wait_for
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 CASES = [
     pytest.param(["-w", "2", "--threads", "1", "-k", "sync"], 2, 1, 0, id="sync"),
     pytest.param(["-w", "2", "--threads", "4", "-k", "gthread"], 2, 4, 0, id="gthread"),

@@ -21,6 +21,8 @@ from poolclient import Registry, Settings, _fork
 from poolclient.gunicorn import dirty_worker_init, worker_concurrency, worker_protocol
 from tests.helpers import ROOT, Gunicorn, Upstream, health_by_worker, load, wait_for
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 APP = "tests.apps.asgi_raw_app:app"
 
 

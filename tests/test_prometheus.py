@@ -26,9 +26,9 @@ from tests.test_metrics import scrape, total
 
 BINARY = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     BINARY is None, reason="no prometheus binary on PATH or in /usr/bin: `make tools` "
-                           "installs Debian's package prometheus")
+                           "installs Debian's package prometheus")]
 
 JOB = "poolclient"
 SCRAPE_INTERVAL = "200ms"

@@ -23,6 +23,8 @@ import urllib3
 
 from tests.helpers import Gunicorn, Upstream, health_by_worker, start_upstream, wait_for
 
+pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
+
 APP = "tests.apps.two_origins:app"
 WORKERS = ["-w", "2", "--threads", "4", "-k", "gthread"]
 
