@@ -122,19 +122,24 @@ def remaining() -> float | None:
 _SPENT = 0.001
 
 
-def bounded(seconds: float | None) -> float | None:
+#: The current call's deadline (``time.monotonic()`` seconds), ``None`` if none: the bound
+#: method, a frame less than a function on every request's path.
+deadline_end = _deadline.get
+
+
+def bounded(seconds: float | None, now: float | None = None) -> float | None:
     """A wait's timeout, ``seconds`` (``None`` for none), cut to what is left of the current
     call's deadline (at least 1 ms: a wait that starts too late times out at once).
 
     Cut when each wait starts rather than once per attempt into a ``Timeout`` with a total:
     tighter (the send, and a slow connect, count against the read), and without the copy
     and the arithmetic urllib3 does for a total: 9,000 instructions (1.1%) less a request,
-    measured with callgrind.
+    measured with callgrind. ``now``: ``time.monotonic()``, if the caller has just read it.
     """
     end = _deadline.get()
     if end is None:
         return seconds
-    left = end - time.monotonic()
+    left = end - (time.monotonic() if now is None else now)
     if isinstance(seconds, (int, float)) and seconds <= left:
         return seconds
     return left if left > _SPENT else _SPENT

@@ -54,10 +54,26 @@ _STARTED = "Request-started"  # http.client's state between putrequest and endhe
 _JOINED = 2**14  # the largest body sent in one write with its header block
 
 
+class PlainMessage(http.client.HTTPMessage):
+    """The message :func:`parse_lines` makes: ``get`` (and so ``[]``) returns a plain ASCII
+    value as it is, without the email policy's fetch, which for such a value returns it
+    unchanged (compat32 only wraps a value holding surrogates, which no ASCII string does)
+    after three calls; every response reads a few headers this way."""
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._headers:  # type: ignore[attr-defined]
+            if key.lower() == name:
+                if value.__class__ is str and value.isascii():
+                    return value
+                return self.policy.header_fetch_parse(key, value)
+        return failobj
+
+
 def parse_lines(lines: list[bytes]) -> http.client.HTTPMessage:
     """The message of a header block, ``lines`` as ``http.client`` reads them (the last is
     the empty line, or ``b""`` at the end of the stream)."""
-    message = http.client.HTTPMessage()
+    message = PlainMessage()
     for line in lines[:-1]:
         plain = _PLAIN.fullmatch(line)
         if plain is None or _READ_ON.match(line):

@@ -34,10 +34,11 @@ from .errors import (
 from .outcomes import Outcome, Refusal, RetryReason
 from .settings import PolicySettings
 from .snapshot import AddressSnapshot, BreakerSnapshot, BudgetSnapshot, PolicySnapshot
-from .stall import Latencies
+from .stall import SAMPLES, Latencies
 
 log = logging.getLogger("poolclient")
 _CLOSED = BreakerState.CLOSED
+_new = object.__new__
 
 # Seconds an origin stays degraded (its calls limited by the bulkhead) after a stall: long
 # enough to cover the breaker's reaction, short enough that a blip is soon forgotten.
@@ -113,12 +114,19 @@ class OriginPolicy:
 
     # --- admission ---------------------------------------------------------------------
 
-    def admit(self, route: str = "", read_timeout: float | None = None) -> Call:
+    def admit(self, route: str = "", read_timeout: float | None = None,
+              now: float | None = None) -> Call:
         """A call to this origin wants to start: its :class:`Call`, or a
         :class:`CircuitOpenError` / :class:`BulkheadFullError`, raised before any pool
-        wait. ``route`` (:func:`~.stall.route_key`) groups calls for stall detection."""
-        call = Call(self, route, read_timeout)
-        now = self._clock()
+        wait. ``route`` (:func:`~.stall.route_key`) groups calls for stall detection;
+        ``now``: the policy's clock, if the caller has just read it (a read less)."""
+        call = _new(Call)  # Call(self, route, read_timeout) without its __init__'s frame
+        call._policy = self
+        call.route = route
+        if read_timeout is not None:
+            call.read_timeout = read_timeout
+        if now is None:
+            now = self._clock()
         breaker = self._breaker
         # The common case, kept short (every request passes here; callgrind counts it):
         # breaker closed, under the bulkhead's limit. acquire/release rather than ``with``,
@@ -210,7 +218,10 @@ class OriginPolicy:
     def _done(self, call: Call) -> None:
         changed = None
         breaker = self._breaker
-        with self._lock:  # (every request: see admit; a with, as record() could raise)
+        # (every request: see admit. acquire, try and release, cheaper than ``with``.)
+        lock = self._lock
+        lock.acquire()
+        try:
             self._in_flight.discard(call)
             if breaker is not None:
                 if call._success:  # its response's verdict, deferred to here (Call.response)
@@ -228,7 +239,20 @@ class OriginPolicy:
             latencies = self._latencies
             if (latencies is not None and call._responded and not call._failed
                     and not call.stalled):
-                latencies.add(call.route, call._max_gap)
+                # latencies.add(call.route, call._max_gap), two frames less for a known route
+                found = latencies._routes.get(call.route)
+                if found is None:
+                    latencies.add(call.route, call._max_gap)
+                else:
+                    samples = found._samples
+                    if len(samples) < SAMPLES:
+                        samples.append(call._max_gap)
+                    else:
+                        samples[found._next] = call._max_gap
+                        found._next = (found._next + 1) % SAMPLES
+                    found._p99 = None
+        finally:
+            lock.release()
         if changed is not None:
             self._report(changed, "", 0.0, None)
 
