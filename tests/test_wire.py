@@ -67,6 +67,21 @@ def test_a_plain_block_gives_the_parsers_message_without_the_parser(
     assert _state(parse_lines(lines)) == expected
 
 
+@pytest.mark.parametrize("lines", PLAIN.values(), ids=PLAIN.keys())
+def test_a_plain_blocks_message_reads_as_the_parsers(lines: list[bytes]) -> None:
+    # PlainMessage's get and items skip the email policy's fetch for ASCII values only.
+    ours, theirs = parse_lines(lines), _parser(lines)
+    for message in (ours, theirs):  # a value the fetch does change: surrogates
+        message["X-Surrogate"] = "caf\udce9"
+    assert ours.items() == theirs.items()
+    for name in ("server", "SET-COOKIE", "x-a", "x-empty", "content-length",
+                 "X-!#$%&'*+.^_`|~9", "x-surrogate", "absent"):
+        assert ours.get(name) == theirs.get(name)
+        assert ours.get(name, "default") == theirs.get(name, "default")
+        assert ours[name] == theirs[name]
+        assert type(ours.get(name)) is type(theirs.get(name))
+
+
 @pytest.mark.parametrize("lines", NOT_PLAIN.values(), ids=NOT_PLAIN.keys())
 def test_any_other_block_goes_to_the_email_parser(
         lines: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
