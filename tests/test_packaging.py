@@ -17,12 +17,12 @@ from tests.helpers import ROOT
 
 WHEELHOUSE = os.path.join(ROOT, ".venv", "wheelhouse")
 
+pytestmark = pytest.mark.slow  # builds a wheel and clean venvs: pytest -m slow runs these alone
+
 CHECK = """
 import importlib.util, json, os, sys
 import poolclient, poolclient.registry, poolclient.adapters, poolclient.gunicorn
 from poolclient import PoolClientMiddleware, Registry, Settings
-
-pytestmark = pytest.mark.slow  # real servers: pytest -m slow runs these alone
 here = os.path.dirname(poolclient.__file__)
 print(json.dumps({
     "version": poolclient.__version__,
