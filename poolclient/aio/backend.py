@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import random
+import select
 import socket
 import ssl
 import time
@@ -122,7 +123,7 @@ class SessionCache:
 class PoolStream(AsyncNetworkStream):
     """One connection of a pool: httpcore2's stream, timed and counted."""
 
-    __slots__ = ("backend", "closed_as", "connected_at", "connecting_at", "inner",
+    __slots__ = ("_sock", "backend", "closed_as", "connected_at", "connecting_at", "inner",
                  "last_used", "requests")
 
     def __init__(self, inner: AsyncNetworkStream, backend: CountingBackend,
@@ -133,6 +134,7 @@ class PoolStream(AsyncNetworkStream):
         self.connecting_at = connecting_at or self.connected_at  # its TCP connect began
         self.requests = 0  # responses received on it: 0 means the next one is its first
         self.closed_as = ""  # set by the pool when it closed it for a reason of its own
+        self._sock: Any = None  # the socket under TLS, once asked for
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         call = current_call.get()
@@ -182,13 +184,19 @@ class PoolStream(AsyncNetworkStream):
         return self
 
     def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable" and (
-                time.monotonic() - self.connected_at >= self.backend.max_lifetime):
-            # httpcore2 asks this of an idle connection before reusing it: "readable"
-            # means the server closed it, and httpcore2 closes it (counted as retired).
+        if info != "is_readable":
+            return self.inner.get_extra_info(info)
+        # httpcore2 asks this of an idle connection before each reuse: "readable" means
+        # the server closed it, and httpcore2 closes it. Too old is "readable" too
+        # (counted as retired). The socket is looked up once: anyio builds its attribute
+        # table anew on every lookup, twice for a TLS stream.
+        if time.monotonic() - self.connected_at >= self.backend.max_lifetime:
             self.closed_as = "retired"
             return True
-        return self.inner.get_extra_info(info)
+        sock = self._sock
+        if sock is None:
+            sock = self._sock = self.inner.get_extra_info("socket")
+        return _readable(sock)
 
     def abort(self) -> None:
         """The resilience watchdog's ``on_abort``, from its thread: shut this stalled
@@ -289,6 +297,17 @@ class CountingBackend(AsyncNetworkBackend):
             finally:
                 os.close(devnull)
         return len(streams)
+
+
+def _readable(sock: Any) -> bool:
+    """Whether a read on ``sock`` would return at once (data, or the peer's close); a
+    socket without a descriptor counts as closed."""
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _backoff(call: CallLimits | None, attempt: int) -> float | None:
