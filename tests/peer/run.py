@@ -248,6 +248,11 @@ def suite_env(mode: str) -> dict[str, str]:
     ``-p record`` and ``-p swap``). REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE and SSL_CERT_FILE are
     left as they are: both suites pass as released with them set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("POOLCLIENT_")}
+    # Except the resilience policy: its breaker, by design, refuses an origin after
+    # failures, and each suite's many tests share one local server, so later tests would
+    # be refused for what earlier ones did on purpose. It is off here, and only here.
+    for switch in ("BREAKER", "BULKHEAD", "RETRY_BUDGET", "STALL_DETECTION"):
+        env[f"POOLCLIENT_{switch}"] = "false"
     env["PYTHONPATH"] = str(HERE)
     env.pop("PYTEST_ADDOPTS", None)
     env.pop("VIRTUAL_ENV", None)
