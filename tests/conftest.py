@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from poolclient import Registry, Settings
-from tests.helpers import Gunicorn, Upstream, start_upstream
+from tests.helpers import Upstream, gunicorn_starter, start_upstream
 
 
 def _started(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Upstream]:
@@ -45,14 +45,4 @@ def registry(upstream: Upstream) -> Iterator[Registry]:
 def gunicorn(tmp_path) -> Iterator:
     """Start real gunicorns with ``-c gunicorn.conf.py`` (``start(args, env)``); all are
     stopped afterwards."""
-    started: list[Gunicorn] = []
-
-    def start(args: list[str], env: dict[str, str]) -> Gunicorn:
-        server = Gunicorn(args, env, str(tmp_path / f"gunicorn-{len(started)}.log"))
-        started.append(server)
-        server.wait_ready(workers=int(args[args.index("-w") + 1]))
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    yield from gunicorn_starter(tmp_path)

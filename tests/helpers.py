@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -158,9 +158,11 @@ def refused_url() -> str:
 
 
 class Gunicorn:
-    """A real gunicorn started with the project's ``gunicorn.conf.py``."""
+    """A real gunicorn started with the project's ``gunicorn.conf.py``; ``wrapper`` goes
+    before the interpreter (``opentelemetry-instrument``, say)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: str) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: str,
+                 wrapper: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -169,7 +171,7 @@ class Gunicorn:
         full_env.update(env)
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+            [*wrapper, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
              "--bind", f"127.0.0.1:{self.port}", *args],
             cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -207,6 +209,23 @@ class Gunicorn:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def gunicorn_starter(tmp_path: Any, wrapper: tuple[str, ...] = ()
+                     ) -> Iterator[Callable[[list[str], dict[str, str]], Gunicorn]]:
+    """What the ``gunicorn`` fixtures yield: ``start(args, env)`` starts one and waits for
+    its workers; every one started is stopped afterwards."""
+    started: list[Gunicorn] = []
+
+    def start(args: list[str], env: dict[str, str]) -> Gunicorn:
+        server = Gunicorn(args, env, str(tmp_path / f"gunicorn-{len(started)}.log"), wrapper)
+        started.append(server)
+        server.wait_ready(workers=int(args[args.index("-w") + 1]))
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def load(url: str, clients: int, seconds: float, paths: tuple[str, ...] = ("/",),

@@ -8,7 +8,6 @@ called the upstream and exported before the fork."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import threading
 from collections import Counter
@@ -19,10 +18,8 @@ from typing import Any
 import pytest
 
 from tests.helpers import (
-    ROOT,
-    Gunicorn,
     Upstream,
-    free_port,
+    gunicorn_starter,
     health_by_worker,
     load,
     wait_for,
@@ -137,35 +134,10 @@ def summed(points: dict[tuple[str, tuple], float], name: str, **attrs: Any) -> f
                if n == name and all((k, v2) in a for k, v2 in attrs.items()))
 
 
-class InstrumentedGunicorn(Gunicorn):
-    """gunicorn as ``opentelemetry-instrument gunicorn -c gunicorn.conf.py ...`` starts it."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        full_env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-        full_env.update(env)
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [INSTRUMENT, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{self.port}", *args],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture
 def instrumented_gunicorn(tmp_path) -> Iterator[Any]:
-    started: list[Gunicorn] = []
-
-    def start(args: list[str], env: dict[str, str]) -> Gunicorn:
-        server = InstrumentedGunicorn(args, env, str(tmp_path / f"gunicorn-{len(started)}.log"))
-        started.append(server)
-        server.wait_ready(workers=int(args[args.index("-w") + 1]))
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    """gunicorn as ``opentelemetry-instrument gunicorn -c gunicorn.conf.py ...`` starts it."""
+    yield from gunicorn_starter(tmp_path, (INSTRUMENT,))
 
 
 def events(span: Span, name: str) -> list[dict[str, Any]]:
