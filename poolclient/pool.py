@@ -48,6 +48,7 @@ from urllib3.exceptions import TimeoutError as Urllib3TimeoutError
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 from . import loopcheck, metrics, retry
+from .balance import BalancedConnection, balances
 from .errors import PoolClientError
 from .resilience import (
     BreakerState,
@@ -188,7 +189,7 @@ class _JudgedResponse(FastHeaderResponse):
         call._responded = call._judged = call._success = True
 
 
-class _CountsConnects(PlainHeaderLines):
+class _CountsConnects(BalancedConnection, PlainHeaderLines):
     response_class = _JudgedResponse
     stats: PoolStats | None = None
     connected_at = 0.0  # monotonic time of the last connect
@@ -375,6 +376,9 @@ class CountedPool(_PoolBase):
     def _new_conn(self) -> Any:
         conn = super()._new_conn()
         conn.stats = self.stats  # type: ignore[attr-defined]
+        policy = self.policy
+        if policy is not None and policy.balancing and balances(type(conn)):
+            conn.policy = policy  # type: ignore[attr-defined]
         return conn
 
     def _get_conn(self, timeout: float | None = None) -> Any:
@@ -396,6 +400,8 @@ class CountedPool(_PoolBase):
         if conn.is_closed:
             if conn.open_at_checkout and events.isEnabledFor(logging.DEBUG):
                 _event("dropped", conn, idle_s=round(now - conn.idle_since, 3))
+        elif conn.address is not None and not conn.policy.usable(conn.address):
+            self._retire(conn, now, "address")  # gone from the name, or ejected
         elif self.max_lifetime is not None and self._too_old(conn, now):
             self._retire(conn, now)
         elif (self.idle_timeout is not None
@@ -444,12 +450,12 @@ class CountedPool(_PoolBase):
         return (self.max_lifetime is not None
                 and now - getattr(conn, "connected_at", now) >= self.max_lifetime)
 
-    def _retire(self, conn: Any, now: float) -> None:
-        """Close ``conn``, older than ``max_lifetime``."""
+    def _retire(self, conn: Any, now: float, why: str = "max_lifetime") -> None:
+        """Close ``conn``, which must not carry another request (counted as retired)."""
+        if events.isEnabledFor(logging.DEBUG):  # (before the close forgets its address)
+            _event("retired", conn, age_s=round(now - conn.connected_at, 3), why=why)
         conn.close()
         self.stats.retired_one()
-        if events.isEnabledFor(logging.DEBUG):
-            _event("retired", conn, age_s=round(now - conn.connected_at, 3))
 
     def _validate_conn(self, conn: Any) -> None:
         # Right before the send (and the connect, if there is one), both of which urllib3

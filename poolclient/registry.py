@@ -15,7 +15,6 @@ as the pools are. The sync pools get theirs when they are made; the async pools 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from .errors import ForkSafetyError
 from .pool import CountedHTTPConnectionPool, CountedHTTPSConnectionPool, CountedPool
 from .probes import Check, Readiness
 from .resilience import OriginPolicy, PolicySettings
-from .resilience.origins import Origins
+from .resilience.origins import Origins, Resolver, resolve
 from .stats import PoolSnapshot, RegistrySnapshot
 
 if TYPE_CHECKING:
@@ -193,15 +192,18 @@ class Registry:
         process's concurrency, which the gunicorn hooks set to the worker's thread count.
     :param policy: the origins' policy settings (:mod:`poolclient.resilience`); defaults to
         :meth:`PolicySettings.from_env`. ``PolicySettings.off()`` turns every protection off.
+    :param resolver: ``(host, port) -> addresses``, what resolves each origin's name for
+        ``POOLCLIENT_BALANCE`` (``getaddrinfo``; tests point names at loopback addresses).
     """
 
     def __init__(
         self, settings: Settings | None = None, *, default_maxsize: int | None = None,
-        policy: PolicySettings | None = None,
+        policy: PolicySettings | None = None, resolver: Resolver = resolve,
     ) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.policy_settings = policy if policy is not None else PolicySettings.from_env()
         self.default_maxsize = default_maxsize
+        self.resolver = resolver  # what resolves the origins' names (POOLCLIENT_BALANCE)
         #: The timeouts of a call that gives none (made once: see ``ValidatedTimeout``).
         self.timeout = retry.ValidatedTimeout(connect=self.settings.connect_timeout,
                                               read=self.settings.read_timeout)
@@ -276,13 +278,12 @@ class Registry:
             if origins is None or origins.pid != pid:
                 fixed = self.default_maxsize
                 origins = self._origins = Origins(
-                    # Addresses (POOLCLIENT_BALANCE) are not wired into the pools yet: off,
-                    # so /health shows no address list that nothing maintains.
-                    dataclasses.replace(self.policy_settings, balance=False),
+                    self.policy_settings,
                     concurrency=_fork.concurrency if fixed is None else (lambda: fixed),
                     read_timeout=self.settings.read_timeout,
                     sinks=metrics.policy_sink,
-                    max_origins=max(64, 4 * self.settings.max_hosts))
+                    max_origins=max(64, 4 * self.settings.max_hosts),
+                    resolver=self.resolver)
         return origins
 
     def policy(self, scheme: str, host: str, port: int) -> OriginPolicy:

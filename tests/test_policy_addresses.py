@@ -217,3 +217,39 @@ def test_a_black_holed_first_address_costs_a_share_not_the_whole_timeout() -> No
     second = connect_share(total - first, 2)
     third = connect_share(total - first - second, 1)
     assert first < total and first + second + third == pytest.approx(total)
+
+
+def test_connects_under_way_count_as_connections() -> None:
+    """Nine connects begun before any finished (concurrent threads or tasks) spread 3/3/3."""
+    policy = resolved(Clock(), A, B, C)
+    chosen = []
+    for _ in range(9):
+        address = policy.candidates()[0]
+        policy.connecting(address)
+        chosen.append(address)
+    assert sorted(chosen.count(a) for a in (A, B, C)) == [3, 3, 3]
+    for address in chosen:
+        policy.connected(address)
+    assert {a: n for a, (_, n) in states(policy).items()} == {A: 3, B: 3, C: 3}
+
+
+def test_an_abandoned_connect_is_not_a_failure() -> None:
+    """A cancelled connect frees its place and never counts towards ejection."""
+    policy = resolved(Clock(), A, B, C)
+    for _ in range(5):
+        policy.connecting(A)
+        policy.connect_abandoned(A)
+    assert states(policy)[A] == ("live", 0)
+    assert policy.candidates()[0] == A  # nothing counted against it
+
+
+def test_a_gone_address_is_forgotten_once_its_last_connect_ends() -> None:
+    clock = Clock()
+    policy = resolved(clock, A, B)
+    policy.connecting(B)
+    clock.now += 10
+    assert policy.start_refresh()
+    assert policy.resolved([A]) == (B,)
+    assert states(policy)[B] == ("gone", 0)  # a connect to it still under way
+    policy.connect_failed(B)
+    assert B not in states(policy)

@@ -15,7 +15,12 @@ touching httpcore2's private state:
 - each live stream's socket, so that a pool left by a fork or a closed event loop can
   release its file descriptors without writing a byte (see :mod:`.pools`);
 - TLS session resumption: the pool's context offers the last session it kept (see
-  :class:`SessionCache`).
+  :class:`SessionCache`);
+- the origin's addresses (``POOLCLIENT_BALANCE``, as :mod:`poolclient.balance` does for
+  the sync pools): the TCP connect goes to the address the origin's policy chooses, up to
+  three sharing the connect timeout, each failure reported (TLS still verifies the host
+  name), and an idle connection to an address gone from DNS or ejected says it is readable,
+  so httpcore2 closes it before reuse (counted as retired).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from httpcore2 import AnyIOBackend, AsyncNetworkBackend, AsyncNetworkStream
 from ..resilience import RetryBudgetExhaustedError, RetryReason
 
 if TYPE_CHECKING:
-    from ..resilience import Call
+    from ..resilience import Call, OriginPolicy
     from ..stats import PoolStats
 
 
@@ -123,8 +128,8 @@ class SessionCache:
 class PoolStream(AsyncNetworkStream):
     """One connection of a pool: httpcore2's stream, timed and counted."""
 
-    __slots__ = ("_sock", "backend", "closed_as", "connected_at", "connecting_at", "inner",
-                 "last_used", "requests")
+    __slots__ = ("_sock", "address", "backend", "closed_as", "connected_at", "connecting_at",
+                 "inner", "last_used", "pending", "policy", "requests")
 
     def __init__(self, inner: AsyncNetworkStream, backend: CountingBackend,
                  connecting_at: float = 0.0) -> None:
@@ -135,6 +140,16 @@ class PoolStream(AsyncNetworkStream):
         self.requests = 0  # responses received on it: 0 means the next one is its first
         self.closed_as = ""  # set by the pool when it closed it for a reason of its own
         self._sock: Any = None  # the socket under TLS, once asked for
+        self.policy: OriginPolicy | None = None  # the origin's, when it chose the address
+        self.pending: str | None = None  # the address connected to, its TLS to come
+        self.address: str | None = None  # the address, once connected (TLS done)
+
+    def connected(self, call: Call | None) -> None:
+        """Report the chosen address connected (TCP, and TLS for https)."""
+        address, self.pending = self.pending, None
+        if address is not None and call is not None:
+            self.address = address
+            call.connected(address)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         call = current_call.get()
@@ -173,9 +188,16 @@ class PoolStream(AsyncNetworkStream):
             timeout = call.bounded(timeout)
         try:
             tls = await self.inner.start_tls(ssl_context, server_hostname, timeout)
-        except BaseException:
+        except BaseException as exc:
             backend.stats.failed("tls")
+            address, self.pending = self.pending, None
+            if address is not None and call is not None and call.verdict is not None:
+                if isinstance(exc, Exception):
+                    call.verdict.connect_failed(address)
+                else:  # cancelled: not the address's fault
+                    call.verdict.connect_abandoned(address)
             raise
+        self.connected(call.verdict if call is not None else None)
         self.inner = tls
         backend.streams[self] = None
         ssl_object = tls.get_extra_info("ssl_object")
@@ -190,7 +212,9 @@ class PoolStream(AsyncNetworkStream):
         # the server closed it, and httpcore2 closes it. Too old is "readable" too
         # (counted as retired). The socket is looked up once: anyio builds its attribute
         # table anew on every lookup, twice for a TLS stream.
-        if time.monotonic() - self.connected_at >= self.backend.max_lifetime:
+        if time.monotonic() - self.connected_at >= self.backend.max_lifetime or (
+                self.address is not None and self.policy is not None
+                and not self.policy.usable(self.address)):
             self.closed_as = "retired"
             return True
         sock = self._sock
@@ -240,13 +264,21 @@ class CountingBackend(AsyncNetworkBackend):
         call = current_call.get()
         if call is not None and not call.connect_at:
             call.connect_at = time.monotonic()
+        verdict = call.verdict if call is not None else None
+        balancing = verdict is not None and verdict.policy.balancing
         attempt = 0
+        address = None
         while True:
             connecting_at = time.monotonic()
+            bounded = call.bounded(timeout) if call is not None else timeout
             try:
-                inner = await self.inner.connect_tcp(
-                    host, port, call.bounded(timeout) if call is not None else timeout,
-                    local_address, socket_options)
+                if balancing:
+                    assert verdict is not None
+                    inner, address = await self._connect_any(
+                        verdict, host, port, bounded, local_address, socket_options)
+                else:
+                    inner = await self.inner.connect_tcp(host, port, bounded, local_address,
+                                                         socket_options)
                 break
             except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
                 self.stats.failed("connect" if isinstance(exc, httpcore2.ConnectError)
@@ -264,9 +296,43 @@ class CountingBackend(AsyncNetworkBackend):
                 await asyncio.sleep(delay)
         stream = PoolStream(inner, self, connecting_at)
         self.streams[stream] = None
+        if address is not None:
+            stream.policy, stream.pending = verdict.policy, address  # type: ignore[union-attr]
         if not self.tls:
+            stream.connected(verdict)
             self.stats.opened(stream.connected_at - connecting_at)
         return stream
+
+    async def _connect_any(self, call: Call, host: str, port: int, timeout: float | None,
+                           local_address: str | None, socket_options: Iterable[Any] | None
+                           ) -> tuple[AsyncNetworkStream, str | None]:
+        """A TCP connection to one of the addresses the policy offers (``Call.
+        connect_attempts``), and that address; to ``host`` as resolved by the loop when
+        the origin has no address (its name did not resolve)."""
+        policy = call.policy
+        if policy.resolve is not None and not call.candidates():
+            # The origin's first connect: getaddrinfo blocks, so off the loop.
+            await asyncio.get_running_loop().run_in_executor(None, policy.resolve)
+        last: Exception | None = None
+        try:
+            for address, share in call.connect_attempts(timeout):
+                try:
+                    inner = await self.inner.connect_tcp(address, port, share, local_address,
+                                                         socket_options)
+                except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                    call.connect_failed(address)
+                    last = exc
+                    continue
+                except BaseException:
+                    call.connect_abandoned(address)
+                    raise
+                return inner, address
+        except RetryBudgetExhaustedError:
+            pass  # the next address would be a retry the budget refuses: the last error
+        if last is not None:
+            raise last
+        return await self.inner.connect_tcp(host, port, timeout, local_address,
+                                            socket_options), None
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None
@@ -278,6 +344,12 @@ class CountingBackend(AsyncNetworkBackend):
 
     def closing(self, stream: PoolStream) -> None:
         """Count why a connection closes, where the pool chose to close it."""
+        if stream.policy is not None:
+            if stream.address is not None:
+                stream.policy.disconnected(stream.address)
+            elif stream.pending is not None:  # closed before its TLS began
+                stream.policy.connect_abandoned(stream.pending)
+                stream.pending = None
         now = time.monotonic()
         self.stats.ended(now - stream.connected_at)
         if stream.closed_as == "retired":

@@ -6,7 +6,8 @@ timeout (urllib3 #2055), so one address takes all the traffic and one black-hole
 costs a whole timeout. Here (Envoy's STRICT_DNS with least-request balancing, Go's dialer):
 
 - every address of the name is kept, each with its connections and failed connects;
-- a new connection goes to the least-connected live address, ties broken at random (all
+- a new connection goes to the least-connected live address, counting connects under way
+  (concurrent connects would otherwise all pick the same one), ties broken at random (all
   workers got the addresses in the same order, gRFC A62); a retry prefers addresses the call
   has not tried yet (Envoy's ``previous_hosts``);
 - a connect tries up to :data:`CANDIDATES` addresses, each given a share of what is left of
@@ -59,12 +60,13 @@ class AddressState(enum.Enum):
 class Address:
     """One address's bookkeeping."""
 
-    __slots__ = ("address", "connections", "failures", "ejected_until", "ejections",
-                 "gone")
+    __slots__ = ("address", "connecting", "connections", "failures", "ejected_until",
+                 "ejections", "gone")
 
     def __init__(self, address: str) -> None:
         self.address = address
         self.connections = 0
+        self.connecting = 0  # connects under way (TCP, then TLS)
         self.failures = 0  # failed connects in a row
         self.ejected_until = 0.0
         self.ejections = 0  # recent ones: the multiplier of the next ejection
@@ -131,7 +133,7 @@ class AddressSet:
             if not known.gone:
                 known.gone = True
                 newly_gone.append(address)
-            if known.connections == 0:
+            if known.connections == known.connecting == 0:
                 del self._addresses[address]
         return tuple(newly_gone)
 
@@ -150,7 +152,8 @@ class AddressSet:
         live = [a for a in self._addresses.values()
                 if not a.gone and now >= a.ejected_until]
         if live:
-            ranked = sorted(live, key=lambda a: (a.address in tried, a.connections,
+            ranked = sorted(live, key=lambda a: (a.address in tried,
+                                                 a.connections + a.connecting,
                                                  self._random()))
         else:
             ranked = sorted((a for a in self._addresses.values() if not a.gone),
@@ -165,18 +168,36 @@ class AddressSet:
 
     # --- connections -----------------------------------------------------------------
 
+    def connecting(self, address: str) -> None:
+        """A connect to ``address`` begins; it ends in :meth:`connected`,
+        :meth:`connect_failed` or :meth:`connect_abandoned`."""
+        known = self._addresses.get(address)
+        if known is not None:
+            known.connecting += 1
+
     def connected(self, address: str) -> None:
         known = self._addresses.get(address)
         if known is not None:
+            known.connecting = max(0, known.connecting - 1)
             known.connections += 1
             known.failures = 0
+
+    def connect_abandoned(self, address: str) -> None:
+        """A connect ended neither way (its caller was cancelled): not the address's fault."""
+        known = self._addresses.get(address)
+        if known is not None:
+            known.connecting = max(0, known.connecting - 1)
+            self._forget_if_done(known)
 
     def disconnected(self, address: str) -> None:
         known = self._addresses.get(address)
         if known is not None:
             known.connections = max(0, known.connections - 1)
-            if known.gone and known.connections == 0:
-                del self._addresses[address]
+            self._forget_if_done(known)
+
+    def _forget_if_done(self, known: Address) -> None:
+        if known.gone and known.connections == known.connecting == 0:
+            del self._addresses[known.address]
 
     def connect_failed(self, now: float, address: str) -> float | None:
         """Count a failed connect; when it ejects the address, until when."""
@@ -187,6 +208,10 @@ class AddressSet:
         self.refresh_at = min(self.refresh_at, soonest)
         known = self._addresses.get(address)
         if known is None:
+            return None
+        known.connecting = max(0, known.connecting - 1)
+        if known.gone:
+            self._forget_if_done(known)
             return None
         known.failures += 1
         if known.failures < self.settings.eject_failures or not self._may_eject(now):

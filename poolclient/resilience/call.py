@@ -12,10 +12,12 @@ under the one lock :meth:`done` takes anyway.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from .addresses import connect_share
 from .breaker import BreakerState
 from .errors import StalledError
 from .outcomes import Outcome, RetryReason
@@ -168,6 +170,32 @@ class Call:
         """Addresses for a new connection, best first, those this call tried last."""
         return self._policy.candidates(self.tried)
 
+    def connect_attempts(self, timeout: float | None) -> Iterator[tuple[str, float | None]]:
+        """Where a new connection tries to connect: ``(address, its connect timeout)``, up to
+        three addresses, each given its share of what is left of ``timeout``
+        (:func:`connect_share`). The pool connects to each in turn, reports
+        :meth:`connected` or :meth:`connect_failed` (:meth:`connect_abandoned` if it was
+        cancelled), and stops at the first that connects. Each address is counted as
+        connecting from when it is handed out, so concurrent connects spread.
+
+        Moving to the next address is a retry: it asks the budget first, and raises
+        :class:`RetryBudgetExhaustedError` when it is spent (the pool then raises the last
+        connect error instead). Nothing at all when nothing is resolved: the pool connects
+        as urllib3 does. The shares run on the real clock, as the sockets' timeouts do."""
+        addresses = self.candidates()
+        started = time.monotonic()
+        for index, address in enumerate(addresses):
+            share = timeout
+            if timeout is not None:
+                left = timeout - (time.monotonic() - started)
+                if index and left <= 0:
+                    return
+                share = connect_share(left, len(addresses) - index)
+            if index:
+                self.retry(RetryReason.OTHER_ADDRESS)
+            self._policy.connecting(address)
+            yield address, share
+
     def connected(self, address: str) -> None:
         """A new connection to ``address`` is open (the pool reports its close to
         :meth:`OriginPolicy.disconnected`)."""
@@ -178,6 +206,10 @@ class Call:
         """Connecting to ``address`` failed (refused, timed out, TLS)."""
         self.tried.append(address)
         self._policy.connect_failed(address)
+
+    def connect_abandoned(self, address: str) -> None:
+        """Connecting to ``address`` was cancelled (no fault of the address's)."""
+        self._policy.connect_abandoned(address)
 
     def done(self) -> None:
         """The call is over (answered and released, or failed for good). Idempotent.

@@ -14,16 +14,27 @@ The watchdog is one daemon thread per process, started with the first policy, th
 calls it returns (``Call.on_abort``: the sync pools shut their socket down; an async pool
 sets an ``on_abort`` that wakes its task through ``loop.call_soon_threadsafe``). It stops
 when its :class:`Origins` is closed or garbage-collected.
+
+It also keeps each origin's addresses fresh (``POOLCLIENT_BALANCE``): when a policy says a
+resolution is due it resolves the name on a short-lived thread of its own, so that a slow
+DNS server delays neither the sweeps nor any request. Only an origin's first resolution
+runs on a request's path (``policy.resolve()``, which the pools call when they have no
+address yet: urllib3 would have resolved there too). A host that is an IP address has
+nothing to balance: its policy keeps no address list.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import ipaddress
 import logging
 import os
+import socket
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .policy import OriginPolicy, PolicySink
 from .settings import PolicySettings
@@ -37,6 +48,41 @@ SWEEP_EVERY = 0.25
 
 OriginKey = tuple[str, str, int]
 SinkFactory = Callable[[str, str, int], "PolicySink | None"]
+#: ``(host, port)`` -> the addresses to connect to, in the resolver's order; raises
+#: ``OSError`` (``socket.gaierror``) when the name does not resolve.
+Resolver = Callable[[str, int], Sequence[str]]
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address of ``host``, as ``getaddrinfo`` orders them: IPv4 only on a machine
+    that cannot use IPv6 (urllib3's rule, so the pools connect where urllib3 would)."""
+    family = socket.AF_UNSPEC if _ipv6_usable() else socket.AF_INET
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, family,
+                                                            socket.SOCK_STREAM)]
+
+
+_ipv6: bool | None = None
+
+
+def _ipv6_usable() -> bool:
+    # Compiled in is not enough (containers often have IPv6 off): bind ::1 once to see.
+    global _ipv6  # noqa: PLW0603 - a fact about the machine, found once
+    if _ipv6 is None:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+            _ipv6 = True
+        except OSError:
+            _ipv6 = False
+    return _ipv6
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class Origins:
@@ -48,12 +94,14 @@ class Origins:
     :param sinks: the metrics sink of each new policy (``None``: none).
     :param max_origins: policies kept; the least recently made beyond it is forgotten
         (a process calling ever new hosts must not grow without end).
+    :param resolver: what resolves a name (:func:`resolve`; tests bring their own).
     """
 
     def __init__(self, settings: PolicySettings, *, concurrency: Callable[[], int],
                  read_timeout: float | None, sinks: SinkFactory | None = None,
-                 max_origins: int = 1024) -> None:
+                 max_origins: int = 1024, resolver: Resolver = resolve) -> None:
         self.settings = settings
+        self.resolver = resolver
         self.pid = os.getpid()
         self._concurrency = concurrency
         self._read_timeout = read_timeout
@@ -77,15 +125,48 @@ class Origins:
             found = self._policies.get(key)
             if found is None:
                 sink = self._sinks(*key) if self._sinks is not None else None
-                found = OriginPolicy(f"{key[0]}://{key[1]}:{key[2]}", self.settings,
+                settings = self.settings
+                if settings.balance and _is_ip(key[1]):
+                    settings = dataclasses.replace(settings, balance=False)
+                found = OriginPolicy(f"{key[0]}://{key[1]}:{key[2]}", settings,
                                      concurrency=self._concurrency(),
                                      read_timeout=self._read_timeout, sink=sink)
+                if settings.balance:
+                    found.resolve = functools.partial(self.refresh, key, found)
                 self._policies[key] = found
                 if len(self._policies) > self._max:
                     self._policies.popitem(last=False)
-                if self._watchdog is None and self.settings.stall_detection:
+                if self._watchdog is None and (settings.stall_detection or settings.balance):
                     self._start_watchdog()
         return found
+
+    def refresh(self, key: OriginKey, policy: OriginPolicy, *, started: bool = False) -> None:
+        """Resolve ``key``'s name now, on this thread, and report it to ``policy`` (nothing,
+        if another thread is at it already, unless ``started``: the caller was told to)."""
+        if not started and not policy.start_refresh():
+            return
+        try:
+            answer = self.resolver(key[1], key[2])
+        except Exception as exc:  # noqa: BLE001 - a failed resolution keeps the last list
+            log.warning("resolving %s failed (%s); keeping its last addresses",
+                        policy.origin, exc)
+            policy.resolve_failed()
+            return
+        policy.resolved(answer)
+
+    def refresh_due(self) -> int:
+        """Start a resolution, each on a thread of its own, for every origin due one; how
+        many were started."""
+        with self._lock:
+            due = list(self._policies.items())
+        started = 0
+        for key, policy in due:
+            if policy.start_refresh():
+                threading.Thread(target=self.refresh, args=(key, policy),
+                                 kwargs={"started": True}, name="poolclient-resolve",
+                                 daemon=True).start()
+                started += 1
+        return started
 
     def policies(self) -> list[OriginPolicy]:
         with self._lock:
@@ -131,6 +212,7 @@ def _watch(ref: weakref.ref[Origins], stop: threading.Event) -> None:
             return
         try:
             origins.sweep()
+            origins.refresh_due()
         except Exception:  # noqa: BLE001 - the watchdog must outlive a bug in one sweep
             log.exception("poolclient watchdog: a sweep failed")
         del origins

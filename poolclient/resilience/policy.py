@@ -79,6 +79,9 @@ class OriginPolicy:
         # Calls in flight under which admit() need not look further (no bulkhead: any).
         self._fast_limit = self.limit if settings.bulkhead else math.inf
         self.sink = sink
+        #: Resolve the origin's name now, on this thread, and report it here: set by the
+        #: holder that knows how (``Origins``), called by a pool that has no address yet.
+        self.resolve: Callable[[], None] | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self._breaker = Breaker(settings, random) if settings.breaker else None
@@ -346,6 +349,11 @@ class OriginPolicy:
         if self.sink is not None:
             self.sink.refreshed("failure")
 
+    @property
+    def balancing(self) -> bool:
+        """Whether this policy chooses the addresses of new connections."""
+        return self._addresses is not None
+
     def candidates(self, tried: Collection[str] = ()) -> list[str]:
         """Addresses for a new connection, best first (``[]``: balancing off or nothing
         resolved; the pool connects as urllib3 would)."""
@@ -361,10 +369,22 @@ class OriginPolicy:
         with self._lock:
             return self._addresses.usable(self._clock(), address)
 
+    def connecting(self, address: str) -> None:
+        """A connect to ``address`` begins (counted, so concurrent connects spread)."""
+        if self._addresses is not None:
+            with self._lock:
+                self._addresses.connecting(address)
+
     def connected(self, address: str) -> None:
         if self._addresses is not None:
             with self._lock:
                 self._addresses.connected(address)
+
+    def connect_abandoned(self, address: str) -> None:
+        """A connect to ``address`` was given up (cancelled), through no fault of its own."""
+        if self._addresses is not None:
+            with self._lock:
+                self._addresses.connect_abandoned(address)
 
     def disconnected(self, address: str) -> None:
         """A connection to ``address`` closed (for any reason)."""

@@ -65,11 +65,9 @@ def rate(value: object) -> float:
         raise ValueError("expected a number per second, 0 or more") from None
 
 
-# The address settings (POOLCLIENT_BALANCE and what it governs) are validated but not yet
-# applied by the pools, which connect as urllib3 does: left out of the settings table and
+# Settings validated but not applied by the pools: left out of the settings table and
 # /health until they are.
-NOT_APPLIED = frozenset({"balance", "dns_refresh", "eject_failures", "eject_time",
-                         "eject_max_share"})
+NOT_APPLIED: frozenset[str] = frozenset()
 
 
 def applied(name: str) -> bool:
