@@ -113,6 +113,46 @@ def test_new_connections_go_to_the_least_connected_address(three: Upstream, name
     assert names.lookups == 1  # the first connect resolved; nothing was due again since
 
 
+def test_a_first_burst_waits_for_the_first_resolution(three: Upstream, names: Names):
+    """Nine threads connect at once to an origin never resolved: one resolves, the others
+    wait for its answer rather than connect to whatever getaddrinfo gives first."""
+    gate = threading.Event()
+
+    def slow_names(host: str, port: int) -> list[str]:
+        gate.wait(10)
+        return names(host, port)
+
+    since = last_id(three)
+    registry = Registry(Settings(ca_bundle=three.ca, maxsize=12, connect_retries=0),
+                        resolver=slow_names)
+    held: list[Any] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        response = registry.request("GET", url(three), preload_content=False)
+        with lock:
+            held.append(response)
+
+    threads = [threading.Thread(target=call) for _ in range(9)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: names.lookups == 0 and policy_of(registry, three).resolving, 10)
+        gate.set()
+        for t in threads:
+            t.join()
+        assert [r.status for r in held] == [200] * 9
+        conns, _ = by_address(three, since)
+        assert sorted(conns.values()) == [3, 3, 3], conns
+        assert names.lookups == 1
+        for r in held:
+            r.drain_conn()
+            r.release_conn()
+    finally:
+        gate.set()
+        registry.close()
+
+
 def test_closed_connections_are_no_longer_counted(three: Upstream, names: Names):
     registry = registry_for(three, names)
     try:

@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -45,6 +46,8 @@ log = logging.getLogger("poolclient")
 # Seconds between sweeps: a stall is aborted at most this long after its limit (the limit
 # is 2 s at least, POOLCLIENT_STALL_FLOOR), for a few microseconds of work per origin.
 SWEEP_EVERY = 0.25
+# Seconds a connect waits for another thread's first resolution of its origin's name.
+FIRST_RESOLUTION_WAIT = 5.0
 
 OriginKey = tuple[str, str, int]
 SinkFactory = Callable[[str, str, int], "PolicySink | None"]
@@ -108,6 +111,7 @@ class Origins:
         self._sinks = sinks
         self._max = max_origins
         self._lock = threading.Lock()
+        self._resolutions = threading.Condition()  # notified when a resolution ends
         self._policies: OrderedDict[OriginKey, OriginPolicy] = OrderedDict()
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -132,13 +136,24 @@ class Origins:
                                      concurrency=self._concurrency(),
                                      read_timeout=self._read_timeout, sink=sink)
                 if settings.balance:
-                    found.resolve = functools.partial(self.refresh, key, found)
+                    found.resolve = functools.partial(self.resolve_first, key, found)
                 self._policies[key] = found
                 if len(self._policies) > self._max:
                     self._policies.popitem(last=False)
                 if self._watchdog is None and (settings.stall_detection or settings.balance):
                     self._start_watchdog()
         return found
+
+    def resolve_first(self, key: OriginKey, policy: OriginPolicy) -> None:
+        """An origin's first resolution, for a connect that has no address to go to: resolve
+        on this thread, or wait for the thread already at it (at most
+        :data:`FIRST_RESOLUTION_WAIT`), so that the threads of a worker's first burst do not
+        all connect to the first address getaddrinfo gives, as urllib3 would."""
+        self.refresh(key, policy)
+        deadline = time.monotonic() + FIRST_RESOLUTION_WAIT
+        with self._resolutions:
+            while policy.resolving and (left := deadline - time.monotonic()) > 0:
+                self._resolutions.wait(left)
 
     def refresh(self, key: OriginKey, policy: OriginPolicy, *, started: bool = False) -> None:
         """Resolve ``key``'s name now, on this thread, and report it to ``policy`` (nothing,
@@ -151,8 +166,10 @@ class Origins:
             log.warning("resolving %s failed (%s); keeping its last addresses",
                         policy.origin, exc)
             policy.resolve_failed()
-            return
-        policy.resolved(answer)
+        else:
+            policy.resolved(answer)
+        with self._resolutions:
+            self._resolutions.notify_all()
 
     def refresh_due(self) -> int:
         """Start a resolution, each on a thread of its own, for every origin due one; how

@@ -350,6 +350,11 @@ class OriginPolicy:
             self.sink.refreshed("failure")
 
     @property
+    def resolving(self) -> bool:
+        """Whether a resolution of the origin's name is under way."""
+        return self._addresses is not None and self._addresses.refreshing
+
+    @property
     def balancing(self) -> bool:
         """Whether this policy chooses the addresses of new connections."""
         return self._addresses is not None
