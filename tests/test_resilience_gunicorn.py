@@ -114,9 +114,10 @@ def origins(server: Gunicorn) -> dict[int, dict[str, dict]]:
 def test_a_stalled_origin_leaves_the_workers_to_the_others(gunicorn, upstream, a_upstream,
                                                            record_property):
     """A stalls for 20 s (its calls held 30 s by the upstream) while 8 clients call B:
-    B keeps at least 0.8 of its req/s (counted by B) with a p99 under 1 s, /local answers
-    within 1 s throughout, most calls to A are refused (503) in under 1 s, and once A is
-    healthy its calls succeed again within 60 s. No worker dies."""
+    B keeps at least 0.8 of its req/s (counted by B, against the mean of 8 s before A
+    stalled and 8 s after it recovered) with a p99 under 1 s, /local answers within 1 s
+    throughout, most calls to A are refused (503) in under 1 s, and once A is healthy its
+    calls succeed again within 60 s. No worker dies."""
     b = upstream
     server = gunicorn([*WORKERS, APP], env_for(a_upstream, b))
     workers = server.worker_pids()
@@ -148,14 +149,21 @@ def test_a_stalled_origin_leaves_the_workers_to_the_others(gunicorn, upstream, a
 
         wait_for(a_recovered, 60, "calls to A to succeed again")
         recovered = time.monotonic() - t2
+        # A second baseline, A healthy again: this machine's req/s drifts by more than 10 %
+        # from one 8 s window to the next, so B's share is taken against both windows.
+        b3, t3 = b.stats()["requests"], time.monotonic()
+        time.sleep(8)
+        b4, t4 = b.stats()["requests"], time.monotonic()
     finally:
         clients.join()
-    base_rate, stall_rate = (b1 - b0) / (t1 - t0), (b2 - b1) / (t2 - t1)
+    before_rate, after_rate = (b1 - b0) / (t1 - t0), (b4 - b3) / (t4 - t3)
+    base_rate, stall_rate = (before_rate + after_rate) / 2, (b2 - b1) / (t2 - t1)
     b_latency = [s for s, _ in record.between("/b", t1, t2)]
     local = record.between("/local", t1, t2)
     a_calls = record.between("/a", t1, t2)
     refused_fast = [s for s, status in a_calls if status == 503 and s < 1]
     figures = {
+        "b_rps_before": round(before_rate, 1), "b_rps_after": round(after_rate, 1),
         "b_rps_baseline": round(base_rate, 1), "b_rps_stalled": round(stall_rate, 1),
         "b_ratio": round(stall_rate / base_rate, 3), "b_p99_s": round(p99(b_latency), 3),
         "local_max_s": round(max(s for s, _ in local), 3),
