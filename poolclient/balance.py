@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from urllib3.connection import HTTPConnection
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-from urllib3.util.connection import create_connection
+from urllib3.util import connection
 
 from . import retry
 from .resilience import RetryBudgetExhaustedError
@@ -103,10 +103,12 @@ class BalancedConnection:
         try:
             for address, share in call.connect_attempts(timeout if numeric else None):
                 try:
-                    sock = create_connection((address, self.port),
-                                             share if numeric else timeout,
-                                             source_address=self.source_address,
-                                             socket_options=self.socket_options)
+                    # Looked up on urllib3's module, as urllib3 does: what patches it
+                    # (tests, instrumentation) sees these connects too.
+                    sock = connection.create_connection(
+                        (address, self.port), share if numeric else timeout,
+                        source_address=self.source_address,
+                        socket_options=self.socket_options)
                 except OSError as exc:
                     call.connect_failed(address)
                     last = self._connect_error(exc, share)
