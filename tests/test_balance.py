@@ -328,3 +328,22 @@ def test_async_connections_spread_and_leave_a_gone_address(three: Upstream, name
     assert statuses == [200] * 38
     assert sorted(spread.values()) == [3, 3, 3], spread
     assert third_requests[0] == third_requests[1]
+
+
+def test_a_closed_loops_connections_are_no_longer_counted(three: Upstream, names: Names):
+    """A loop that ended with its client open: its pools are dropped (descriptors released,
+    nothing written), and their connections leave the addresses' counts."""
+    registry = registry_for(three, names)
+
+    async def main() -> None:
+        client = httpx2.AsyncClient(transport=registry.httpx2_async_transport())
+        assert (await client.get(url(three))).status_code == 200  # left open on purpose
+
+    try:
+        asyncio.run(main())
+        policy = policy_of(registry, three)
+        assert sum(a.connections for a in policy.snapshot().addresses) == 1
+        registry.close()
+        assert sum(a.connections for a in policy.snapshot().addresses) == 0
+    finally:
+        registry.close()

@@ -366,6 +366,8 @@ class CountingBackend(AsyncNetworkBackend):
             try:
                 for stream in streams:
                     stream.release(devnull)
+                    if stream.policy is not None and stream.address is not None:
+                        stream.policy.disconnected(stream.address)  # (a closed loop's)
             finally:
                 os.close(devnull)
         return len(streams)
