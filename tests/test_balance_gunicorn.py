@@ -6,7 +6,7 @@ Four upstream processes, one per loopback address, share a port, a CA and a cert
 for the name; each records its connections and their requests, which is what is
 counted. 12 clients call ``/bslow`` (a 20 ms upstream call) so that every thread of both
 workers is busy. /etc/hosts is restored whatever happens. The name's addresses: three; one
-removed; one added; then one of them killed (SIGKILL) while still in the name. 40 s.
+removed; one added; then one of them killed (SIGKILL) while still in the name. 35 s.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
+import urllib3
 
 from app.upstream import loopback_hosts
 from tests.helpers import health_by_worker, start_upstream, wait_for
@@ -112,10 +113,12 @@ def test_addresses_share_the_load_and_follow_the_name(gunicorn, four: Fleet, hos
     clients = Clients(server, record)
     figures: dict[str, object] = {}
     try:
-        clients.start(12, lambda: "/bslow")
+        # A new connection per call, so that the calls spread over both workers (a
+        # keep-alive connection stays with the worker that accepted it).
+        clients.start(12, lambda: "/bslow", fresh=True)
         # Three addresses: new connections within 20 % of even.
         wait_for(lambda: sum(per_address(four)[0].values()) >= 12, 20, "the first connections")
-        time.sleep(6)  # load, not synchronisation: what is measured is what 6 s of it did
+        time.sleep(4)  # load, not synchronisation: what is measured is what 4 s of it did
         conns, requests = per_address(four)
         figures["three_connections"] = dict(conns)
         figures["three_requests"] = dict(requests)
@@ -130,7 +133,7 @@ def test_addresses_share_the_load_and_follow_the_name(gunicorn, four: Fleet, hos
 
         # Two addresses: each at least 30 % of the requests.
         two_before = per_address(four)[1]
-        time.sleep(6)
+        time.sleep(4)
         two_after = per_address(four)[1]
         two = {a: two_after[a] - two_before[a] for a in (h0, h1, h2)}
         figures["two_requests"] = two
@@ -145,10 +148,10 @@ def test_addresses_share_the_load_and_follow_the_name(gunicorn, four: Fleet, hos
 
         # One address dies (SIGKILL: its connections reset, its port refuses) while still
         # in the name: at most 1 % of the calls from then on fail.
-        time.sleep(2)
+        time.sleep(1)
         killed_at = time.monotonic()
         four.servers[four.hosts.index(h1)].kill()
-        time.sleep(8)
+        time.sleep(6)
         ended_at = time.monotonic()
     finally:
         clients.join()
@@ -165,6 +168,13 @@ def test_addresses_share_the_load_and_follow_the_name(gunicorn, four: Fleet, hos
     docs = health_by_worker(server, server.worker_pids())
     figures["h1_after_kill"] = [a["state"] for doc in docs.values() for o in doc["origins"]
                                 for a in o["addresses"] if a["address"] == h1]
+    figures["addresses_by_worker"] = {
+        pid: {a["address"]: (a["state"], a["connections"])
+              for o in doc["origins"] for a in o["addresses"]} for pid, doc in docs.items()}
+    metrics = urllib3.request("GET", server.url + "/metrics", timeout=10).data.decode()
+    figures["dns_refreshes"] = family_sum(metrics, "poolclient_dns_refreshes_total",
+                                          'result="success"')
+    figures["ejections"] = family_sum(metrics, "poolclient_ejections_total")
     record_property("figures", figures)
     print(json.dumps(figures))
 
@@ -175,7 +185,20 @@ def test_addresses_share_the_load_and_follow_the_name(gunicorn, four: Fleet, hos
     assert two[h2] == 0 and figures["h2_requests_after_it_left"] == 0, figures
     assert min(two[h0], two[h1]) >= 0.3 * total_two, figures
     assert figures["added_reached_after_s"] <= 20, figures  # type: ignore[operator]
-    assert len(after_kill) > 500, figures
+    assert len(after_kill) > 300, figures
     assert figures["failed_after_kill"] <= 0.01 * len(after_kill), figures  # type: ignore[operator]
     assert figures["failed"] <= 0.01 * len(calls), figures  # type: ignore[operator]
     assert server.worker_pids() == workers
+    assert all(by_worker for by_worker in figures["addresses_by_worker"].values()), figures  # type: ignore[attr-defined]
+    # The killed address holds no connection in either worker (ejected once a worker
+    # failed three connects to it, else merely unused: the others had room).
+    assert all(by_worker[h1][1] == 0 for by_worker in figures["addresses_by_worker"].values()  # type: ignore[attr-defined]
+               if h1 in by_worker), figures
+    # Summed over both workers: a resolution every 5 s or so in each.
+    assert figures["dns_refreshes"] >= 6, figures  # type: ignore[operator]
+
+
+def family_sum(text: str, name: str, having: str = "") -> float:
+    """The sum of a Prometheus family's samples (those whose labels contain ``having``)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and having in line)

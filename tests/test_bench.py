@@ -281,7 +281,7 @@ def test_one_short_round_of_every_contender(tmp_path):
     the pooled contenders open one connection per 100 requests, plus one per thread."""
     readme = tmp_path / "README.md"
     readme.write_text(f"{report.BLOCK_START}\n{report.BLOCK_END}\n")
-    assert run.main(["--kinds", "wsgi", "--rounds", "1", "--duration", "2", "--scenarios",
+    assert run.main(["--kinds", "wsgi", "--rounds", "1", "--duration", "1", "--scenarios",
                      "b", "--callgrind", "0", "--out", str(tmp_path), "--readme",
                      str(readme)]) == 0
     assert not (tmp_path / "bench-asgi.json").exists()
