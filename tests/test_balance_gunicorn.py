@@ -35,6 +35,8 @@ APP = "tests.apps.two_origins:app"
 def hosts_file() -> Iterator[Callable[[list[str]], None]]:
     """``point(addresses)``: /etc/hosts gives NAME those addresses (nothing: none). The file
     is rewritten in place (it may be a bind mount) and restored byte for byte."""
+    if not os.access(HOSTS_FILE, os.W_OK):  # CI and make test here run as root
+        pytest.skip(f"changing a name's addresses needs write access to {HOSTS_FILE}")
     with open(HOSTS_FILE, "rb") as f:
         original = f.read()
 
