@@ -13,8 +13,9 @@ A connection remembers its address while it is open, so that the policy counts e
 address's connections, and the pool asks :meth:`OriginPolicy.usable` before reusing an
 idle one: one to an address gone from DNS (or ejected) is closed instead.
 
-Nothing here runs for an IP-address host, for a policy with balancing off, or for a
-connection made outside a call the policy admitted (the pool's own ``urlopen`` is what
+Nothing here runs for an IP-address host, for a policy with balancing off, for a pool
+that reaches its origin through a proxy, or for a connection made outside a call the
+policy admitted (the pool's own ``urlopen`` is what
 admits): those connect exactly as urllib3 does.
 """
 

@@ -377,7 +377,9 @@ class CountedPool(_PoolBase):
         conn = super()._new_conn()
         conn.stats = self.stats  # type: ignore[attr-defined]
         policy = self.policy
-        if policy is not None and policy.balancing and balances(type(conn)):
+        # Not through a proxy: the connection's peer is then the proxy, not the origin.
+        if (policy is not None and policy.balancing and self.proxy is None
+                and balances(type(conn))):
             conn.policy = policy  # type: ignore[attr-defined]
         return conn
 

@@ -347,3 +347,23 @@ def test_a_closed_loops_connections_are_no_longer_counted(three: Upstream, names
         assert sum(a.connections for a in policy.snapshot().addresses) == 0
     finally:
         registry.close()
+
+
+def test_a_pool_through_a_proxy_leaves_the_connect_to_urllib3(three: Upstream, names: Names):
+    """Through a proxy the connection's peer is the proxy: the origin's addresses must not
+    replace it, so such a pool's connections are never balanced."""
+    from urllib3.util import parse_url
+
+    from poolclient.pool import CountedHTTPSConnectionPool
+
+    registry = registry_for(three, names)
+    try:
+        policy = policy_of(registry, three)
+        direct = CountedHTTPSConnectionPool(NAME, three.port)
+        proxied = CountedHTTPSConnectionPool(NAME, three.port,
+                                             _proxy=parse_url("http://127.0.0.1:9"))
+        direct.policy = proxied.policy = policy
+        assert direct._new_conn().policy is policy
+        assert proxied._new_conn().policy is None
+    finally:
+        registry.close()
