@@ -204,3 +204,38 @@ def family_sum(text: str, name: str, having: str = "") -> float:
     """The sum of a Prometheus family's samples (those whose labels contain ``having``)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and having in line)
+
+
+@pytest.mark.parametrize(("worker", "app", "path"), [
+    (["-k", "gevent", "--worker-connections", "6"], APP, "/bslow"),
+    (["-k", "asgi"], "app.asgi_example:app", "/upstream/slow?seconds=0.02"),
+], ids=["gevent", "asgi"])
+def test_other_workers_spread_their_connections(gunicorn, four: Fleet, hosts_file,
+                                                record_property, worker, app, path):
+    """The same choice under ``-k gevent`` (greenlets, gevent's resolver, the watchdog a
+    greenlet) and under ``-k asgi`` (the async pools, the first resolution in the loop's
+    executor): three addresses, new connections within 20 % of even, nothing fails."""
+    h0, h1, h2, _ = four.hosts
+    hosts_file([h0, h1, h2])
+    base = f"https://{NAME}:{four.port}"
+    server = gunicorn(["-w", "2", *worker, app],
+                      {"A_URL": base, "B_URL": base, "UPSTREAM_URL": base,
+                       "POOLCLIENT_CA_BUNDLE": four.ca, "POOLCLIENT_MAXSIZE": "6"})
+    record = Record()
+    clients = Clients(server, record)
+    try:
+        clients.start(12, lambda: path, fresh=True)
+        wait_for(lambda: sum(per_address(four)[0].values()) >= 12, 20, "the first connections")
+        time.sleep(3)  # load, not synchronisation
+    finally:
+        clients.join()
+    conns, requests = per_address(four)
+    statuses = Counter(status for calls in record.calls.values() for _, _, status in calls)
+    figures = {"connections": dict(conns), "requests": dict(requests),
+               "statuses": dict(statuses)}
+    record_property("figures", figures)
+    print(json.dumps(figures))
+    even = sum(conns.values()) / 3
+    assert set(conns) == {h0, h1, h2}, figures
+    assert all(abs(n - even) <= 0.2 * even for n in conns.values()), figures
+    assert set(statuses) == {200}, figures
