@@ -234,39 +234,47 @@ def test_a_refused_address_is_skipped_then_ejected(three: Upstream, names: Names
 
 
 def test_a_black_holed_address_costs_only_its_share(three: Upstream, names: Names):
-    """An address whose listen queue is full (connects hang, as behind a black hole) and a
-    live one: with a deadline equal to the connect timeout, the call still succeeds, which it
-    cannot if the first address took the whole timeout (urllib3 #2055)."""
-    hole = socket.socket()
-    hole.bind(("127.0.9.10", three.port))
-    hole.listen(0)
+    """An address whose listen queue is full (connects hang, as behind a black hole) ahead
+    of a live one: with a deadline equal to the connect timeout, the call still succeeds,
+    which it cannot if the first address took the whole timeout (urllib3 #2055)."""
+    hole, live = "127.0.9.10", three.hosts(1)[0]
+    listener = socket.socket()
+    listener.bind((hole, three.port))
+    listener.listen(0)
     fillers = []
+    registry = Registry(Settings(ca_bundle=three.ca, connect_timeout=3.0, connect_retries=0),
+                        resolver=names, policy=PolicySettings.from_env({}, dns_refresh=0.2))
+    policy = policy_of(registry, three)
+
+    def addresses() -> dict[str, Any]:
+        return {a.address: a for a in policy.snapshot().addresses}
+
     try:
         for _ in range(4):  # fill the accept queue: further SYNs are dropped
             filler = socket.socket()
             filler.setblocking(False)
-            filler.connect_ex(("127.0.9.10", three.port))
+            filler.connect_ex((hole, three.port))
             fillers.append(filler)
-        names.set(NAME, ["127.0.9.10"])
-        registry = Registry(Settings(ca_bundle=three.ca, connect_timeout=3.0,
-                                     connect_retries=0), resolver=names)
-        try:
-            with pytest.raises(urllib3.exceptions.ConnectTimeoutError):
-                registry.request("GET", url(three), retries=False)
-            # The black hole is first (least-connected ties are random: only it at first,
-            # then a live address joins with a connection already open).
-            names.set(NAME, ["127.0.9.10", three.hosts(1)[0]])
-            policy = policy_of(registry, three)
-            policy.resolve()
-            results = [registry.request("GET", url(three), deadline=3.0).status
-                       for _ in range(3)]
-            assert results == [200, 200, 200]
-        finally:
-            registry.close()
+        names.set(NAME, [hole])
+        with pytest.raises(urllib3.exceptions.ConnectTimeoutError):  # a black hole indeed
+            registry.request("GET", url(three), retries=False)
+        # One connection on the live address, held; then the hole joins the name with none,
+        # so the next new connection tries the hole first (least-connected).
+        names.set(NAME, [live])
+        wait_for(lambda: set(addresses()) == {live}, 10)
+        held = registry.request("GET", url(three), preload_content=False)
+        names.set(NAME, [hole, live])
+        wait_for(lambda: set(addresses()) == {hole, live}, 10)
+        assert registry.request("GET", url(three), deadline=3.0).status == 200
+        assert addresses()[hole].failures == 1  # tried first, and given up in time
+        assert addresses()[live].connections == 2
+        held.drain_conn()
+        held.release_conn()
     finally:
+        registry.close()
         for filler in fillers:
             filler.close()
-        hole.close()
+        listener.close()
 
 
 def test_balance_off_connects_as_urllib3_does(three: Upstream, names: Names):
