@@ -96,8 +96,10 @@ class BalancedConnection:
         if call is None or call.policy is not policy:
             return super()._new_conn()  # type: ignore[misc, no-any-return]
         assert policy is not None
-        if policy.resolve is not None and not call.candidates():
-            policy.resolve()  # the origin's first connect: resolve here, as urllib3 would
+        if policy.resolve is not None and (policy.refresh_due() or not call.candidates()):
+            # The first connect, or the first after the origin sat unused (the watchdog
+            # resolves only origins in use): resolve here, as urllib3 does on every connect.
+            policy.resolve()
         timeout = self.timeout
         numeric = isinstance(timeout, (int, float))
         last: Exception | None = None

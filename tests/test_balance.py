@@ -153,6 +153,32 @@ def test_a_first_burst_waits_for_the_first_resolution(three: Upstream, names: Na
         registry.close()
 
 
+def test_an_unused_origin_is_resolved_by_its_next_connect_not_in_the_background(
+        three: Upstream, names: Names):
+    """The watchdog resolves only origins with connections: after the last one closes, the
+    name is left alone (a process that called a thousand hosts once must not resolve them
+    every few seconds), and the next connect resolves it first, so it goes where the name
+    points now."""
+    first, second = three.hosts(2)
+    names.set(NAME, [first])
+    registry = registry_for(three, names, dns_refresh=0.2)
+    try:
+        policy = policy_of(registry, three)
+        assert registry.request("GET", url(three)).status == 200
+        registry.close()  # no connection left (the policies stay; later calls get new pools)
+        assert sum(a.connections for a in policy.snapshot().addresses) == 0
+        wait_for(policy.refresh_due, 10)  # due, and nobody resolving it
+        assert registry.origins().refresh_due() == 0  # the watchdog's check: not in use
+        lookups = names.lookups
+        names.set(NAME, [second])
+        since = last_id(three)
+        assert registry.request("GET", url(three)).status == 200
+        assert names.lookups == lookups + 1
+        assert set(by_address(three, since)[0]) == {second}
+    finally:
+        registry.close()
+
+
 def test_closed_connections_are_no_longer_counted(three: Upstream, names: Names):
     registry = registry_for(three, names)
     try:
@@ -258,12 +284,13 @@ def test_a_black_holed_address_costs_only_its_share(three: Upstream, names: Name
         names.set(NAME, [hole])
         with pytest.raises(urllib3.exceptions.ConnectTimeoutError):  # a black hole indeed
             registry.request("GET", url(three), retries=False)
-        # One connection on the live address, held; then the hole joins the name with none,
-        # so the next new connection tries the hole first (least-connected).
+        # One connection on the live address, held (the origin has no connection, so this
+        # connect resolves the name first); then the hole joins the name with none, so the
+        # next new connection tries the hole first (least-connected).
         names.set(NAME, [live])
-        wait_for(lambda: set(addresses()) == {live}, 10)
         held = registry.request("GET", url(three), preload_content=False)
-        names.set(NAME, [hole, live])
+        assert set(addresses()) == {live}
+        names.set(NAME, [hole, live])  # the watchdog resolves it: the origin is in use
         wait_for(lambda: set(addresses()) == {hole, live}, 10)
         assert registry.request("GET", url(three), deadline=3.0).status == 200
         assert addresses()[hole].failures == 1  # tried first, and given up in time

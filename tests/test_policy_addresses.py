@@ -253,3 +253,23 @@ def test_a_gone_address_is_forgotten_once_its_last_connect_ends() -> None:
     assert states(policy)[B] == ("gone", 0)  # a connect to it still under way
     policy.connect_failed(B)
     assert B not in states(policy)
+
+
+def test_the_background_resolves_only_an_origin_in_use() -> None:
+    """The watchdog asks with background=True: an origin with no connection (and no connect
+    under way) is left to its next connect, which asks without it."""
+    clock = Clock()
+    policy = resolved(clock, A, B, dns_refresh=5.0)
+    clock.now += 5
+    assert not policy.start_refresh(background=True)
+    policy.connecting(A)
+    assert policy.start_refresh(background=True)  # a connect under way counts as in use
+    policy.resolved([A, B])
+    policy.connected(A)
+    clock.now += 5
+    assert policy.start_refresh(background=True)
+    policy.resolved([A, B])
+    policy.disconnected(A)
+    clock.now += 5
+    assert not policy.start_refresh(background=True)
+    assert policy.start_refresh()  # the next connect's

@@ -310,8 +310,9 @@ class CountingBackend(AsyncNetworkBackend):
         connect_attempts``), and that address; to ``host`` as resolved by the loop when
         the origin has no address (its name did not resolve)."""
         policy = call.policy
-        if policy.resolve is not None and not call.candidates():
-            # The origin's first connect: getaddrinfo blocks, so off the loop.
+        if policy.resolve is not None and (policy.refresh_due() or not call.candidates()):
+            # The first connect, or the first after the origin sat unused (the watchdog
+            # resolves only origins in use); getaddrinfo blocks, so off the loop.
             await asyncio.get_running_loop().run_in_executor(None, policy.resolve)
         last: Exception | None = None
         try:

@@ -20,9 +20,11 @@ costs a whole timeout. Here (Envoy's STRICT_DNS with least-request balancing, Go
   left to its breaker;
 - resolution is due when the addresses are ``dns_refresh`` seconds old, and at most
   :data:`FORCED_REFRESH_GAP` after a connect failure. The pool resolves (off the request
-  path, except the very first time) and reports: addresses gone from the answer get no new
-  connections, the pool closes their idle ones, and they are forgotten when their last
-  connection closes. A failed or empty answer keeps the last good list.
+  path while the origin has connections; on the path of a connect that finds the addresses
+  due, the first time and after the origin sat unused) and reports: addresses gone from
+  the answer get no new connections, the pool closes their idle ones, and they are
+  forgotten when their last connection closes. A failed or empty answer keeps the last
+  good list.
 
 No lock, no clock: the policy calls it under its lock with ``now``.
 """
@@ -102,9 +104,15 @@ class AddressSet:
     def refresh_due(self, now: float) -> bool:
         return not self.refreshing and now >= self.refresh_at
 
-    def start_refresh(self, now: float) -> bool:
-        """Whether the caller should resolve now (only one caller at a time is told so)."""
-        if not self.refresh_due(now):
+    def in_use(self) -> bool:
+        """Whether any address has a connection, or a connect under way."""
+        return any(a.connections or a.connecting for a in self._addresses.values())
+
+    def start_refresh(self, now: float, background: bool = False) -> bool:
+        """Whether the caller should resolve now (only one caller at a time is told so).
+        ``background``: only for an origin in use (with connections): one nobody calls any
+        more is not resolved for ever; its next connect resolves first instead."""
+        if not self.refresh_due(now) or (background and not self.in_use()):
             return False
         self.refreshing = True
         return True

@@ -15,11 +15,13 @@ calls it returns (``Call.on_abort``: the sync pools shut their socket down; an a
 sets an ``on_abort`` that wakes its task through ``loop.call_soon_threadsafe``). It stops
 when its :class:`Origins` is closed or garbage-collected.
 
-It also keeps each origin's addresses fresh (``POOLCLIENT_BALANCE``): when a policy says a
-resolution is due it resolves the name on a short-lived thread of its own, so that a slow
-DNS server delays neither the sweeps nor any request. Only an origin's first resolution
-runs on a request's path (``policy.resolve()``, which the pools call when they have no
-address yet: urllib3 would have resolved there too). A host that is an IP address has
+It also keeps the addresses of each origin in use fresh (``POOLCLIENT_BALANCE``): when a
+policy with connections says a resolution is due it resolves the name on a short-lived
+thread of its own, so that a slow DNS server delays neither the sweeps nor any request.
+An origin without connections is not resolved in the background (a process that called a
+thousand hosts once must not resolve them for ever): a connect that finds its addresses
+due resolves on its own path (``policy.resolve()``, where urllib3 resolves on every
+connect), as does the first connect of all. A host that is an IP address has
 nothing to balance: its policy keeps no address list.
 """
 
@@ -145,11 +147,14 @@ class Origins:
         return found
 
     def resolve_first(self, key: OriginKey, policy: OriginPolicy) -> None:
-        """An origin's first resolution, for a connect that has no address to go to: resolve
-        on this thread, or wait for the thread already at it (at most
-        :data:`FIRST_RESOLUTION_WAIT`), so that the threads of a worker's first burst do not
-        all connect to the first address getaddrinfo gives, as urllib3 would."""
+        """For a connect that finds its origin's addresses due (the first connect, or the
+        first after the origin sat unused, which the watchdog does not resolve): resolve on
+        this thread. If another thread is at it and there is no address yet, wait for it (at
+        most :data:`FIRST_RESOLUTION_WAIT`), so that the threads of a worker's first burst
+        do not all connect to the first address getaddrinfo gives, as urllib3 would."""
         self.refresh(key, policy)
+        if policy.candidates():
+            return
         deadline = time.monotonic() + FIRST_RESOLUTION_WAIT
         with self._resolutions:
             while policy.resolving and (left := deadline - time.monotonic()) > 0:
@@ -172,13 +177,13 @@ class Origins:
             self._resolutions.notify_all()
 
     def refresh_due(self) -> int:
-        """Start a resolution, each on a thread of its own, for every origin due one; how
-        many were started."""
+        """Start a resolution, each on a thread of its own, for every origin in use that is
+        due one; how many were started."""
         with self._lock:
             due = list(self._policies.items())
         started = 0
         for key, policy in due:
-            if policy.start_refresh():
+            if policy.start_refresh(background=True):
                 threading.Thread(target=self.refresh, args=(key, policy),
                                  kwargs={"started": True}, name="poolclient-resolve",
                                  daemon=True).start()

@@ -313,13 +313,14 @@ class OriginPolicy:
 
     # --- addresses --------------------------------------------------------------------
 
-    def start_refresh(self) -> bool:
+    def start_refresh(self, background: bool = False) -> bool:
         """Whether the caller should resolve the origin's name now; only one caller is told
-        so until it reports :meth:`resolved` or :meth:`resolve_failed`."""
+        so until it reports :meth:`resolved` or :meth:`resolve_failed`. ``background`` (the
+        watchdog): only while the origin has connections."""
         if self._addresses is None:
             return False
         with self._lock:
-            return self._addresses.start_refresh(self._clock())
+            return self._addresses.start_refresh(self._clock(), background)
 
     def refresh_due(self) -> bool:
         """Whether a resolution is due (and none under way)."""

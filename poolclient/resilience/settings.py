@@ -164,9 +164,9 @@ class PolicySettings:
         "before the read timeout fires.")
     balance: bool = _setting(
         "POOLCLIENT_BALANCE", True, boolean,
-        "true: all of an origin's addresses are resolved (on its first connect, then off the "
-        "request path when older than POOLCLIENT_DNS_REFRESH, and a second after a connect "
-        "failure); a new connection goes to the least-connected live address; a connect tries "
+        "true: all of an origin's addresses are resolved (on its first connect, then when "
+        "older than POOLCLIENT_DNS_REFRESH, and a second after a connect failure); a new "
+        "connection goes to the least-connected live address; a connect tries "
         "up to three addresses sharing the connect timeout (TLS still verifies the name); an "
         "address that failed POOLCLIENT_EJECT_FAILURES connects in a row gets no new "
         "connections for POOLCLIENT_EJECT_TIME seconds, longer each time; idle connections to "
@@ -174,8 +174,8 @@ class PolicySettings:
         "address is left alone. false: the first address that answers, as urllib3 does.")
     dns_refresh: float = _setting(
         "POOLCLIENT_DNS_REFRESH", 5.0, positive_seconds,
-        "Seconds an origin's addresses are used before they are resolved again (off the "
-        "request path).")
+        "Seconds an origin's addresses are used before they are resolved again: off the "
+        "request path while it has connections, else by its next connect.")
     eject_failures: int = _setting(
         "POOLCLIENT_EJECT_FAILURES", 3, positive_int,
         "Failed connects in a row to one address that eject it.")
