@@ -51,7 +51,6 @@ from . import loopcheck, metrics, retry
 from .balance import BalancedConnection, balances
 from .errors import PoolClientError
 from .resilience import (
-    BreakerState,
     Outcome,
     RefusedError,
     RetryReason,
@@ -61,7 +60,7 @@ from .resilience import (
 from .resilience.urllib3_outcomes import outcome
 from .stats import PoolSnapshot, PoolStats
 from .tls import HTTP11Connection, ResumingConnection, ResumingPool
-from .wire import FastHeaderResponse, PlainHeaderLines, parse_lines
+from .wire import FastHeaderResponse, PlainHeaderLines
 
 if TYPE_CHECKING:
     from urllib3.response import BaseHTTPResponse, HTTPResponse
@@ -72,8 +71,6 @@ if TYPE_CHECKING:
 # expired, retired, discarded, dropped (closed by the upstream while idle), retried.
 events = logging.getLogger("poolclient.connections")
 
-_GATEWAY = (502, 503, 504)  # the statuses that fail an attempt (Call.response)
-_CLOSED = BreakerState.CLOSED
 _monotonic = time.monotonic
 
 # A timeout that fires with less than this left of the deadline was the deadline's cut.
@@ -150,43 +147,10 @@ class _JudgedResponse(FastHeaderResponse):
     the answer to begin."""
 
     def begin(self) -> None:
-        # FastHeaderResponse.begin's lines, here rather than called: a frame less on every
-        # request's path (keep the two alike).
-        if self.headers is not None or self.debuglevel > 0:  # begun, or http.client prints
-            FastHeaderResponse.begin(self)
-        else:
-            while True:
-                version, status, reason = self._read_status()
-                if status != http.client.CONTINUE:
-                    break
-                http.client._read_headers(self.fp)  # the 100's, unused
-            self.code = self.status = status
-            self.reason = reason.strip()
-            if version in ("HTTP/1.0", "HTTP/0.9"):
-                self.version = 10
-            elif version.startswith("HTTP/1."):
-                self.version = 11
-            else:
-                raise http.client.UnknownProtocol(version)
-            self.headers = self.msg = parse_lines(http.client._read_headers(self.fp))
-            self._frame()
+        FastHeaderResponse.begin(self)
         call = retry.current_call.get()
-        if call is None or call._judged:
-            return
-        code = self.status
-        policy = call._policy
-        breaker = policy._breaker
-        if code in _GATEWAY or (breaker is not None and breaker.state is not _CLOSED):
-            call.response(code)
-            return
-        # Call.response's success with the breaker closed, a frame less (keep them alike).
-        now = policy._clock()
-        gap = now - call._last
-        if gap > call._max_gap:
-            call._max_gap = gap
-        call._last = now
-        call._waiting = False
-        call._responded = call._judged = call._success = True
+        if call is not None and not call._judged:
+            call.response(self.status)
 
 
 class _CountsConnects(BalancedConnection, PlainHeaderLines):
@@ -602,7 +566,9 @@ class CountedPool(_PoolBase):
                 raise retry.DeadlineExceededError(self, url, cause) from exc
         except BaseException:
             if call is not None:
-                call.done()
+                if not call._done:  # call.done(), a frame less: this is every request's path
+                    call._done = True
+                    call._policy._done(call)
             raise
         finally:
             if token is not None:
