@@ -73,13 +73,6 @@ class RegistrySnapshot:
         return {name: sum(getattr(pool, name) for pool in self.pools) for name in names}
 
 
-# Why the resilience policy refused a call (PoolStats.refused), as its refusals name it
-# (poolclient.resilience.Refusal's values): the breaker open, the degraded origin's share
-# full, the retry budget spent.
-REFUSED_BREAKER = "open"
-REFUSED_OVERFLOW = "overflow"
-REFUSED_BUDGET = "budget"
-
 # Under load, the longest a pool's per-request counts wait before its sink has them.
 # (Rare events, connections opened and closed, errors and retries, reach it at once.)
 PUBLISH_EVERY = 1.0
@@ -355,9 +348,9 @@ class PoolStats:
             self.events.retried(reason)
 
     def refused(self, reason: str) -> None:
-        """The resilience policy refused the call before it reached the pool (``reason``:
-        :data:`REFUSED_BREAKER`, :data:`REFUSED_OVERFLOW` or :data:`REFUSED_BUDGET`): told
-        to the request's span. Counted by the policy itself."""
+        """The resilience policy refused the call before it reached the pool (``reason``: a
+        :class:`poolclient.resilience.Refusal` value, open, overflow or budget): told to
+        the request's span. Counted by the policy itself."""
         if self.events is not None:
             self.events.refused(reason)
 

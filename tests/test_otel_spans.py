@@ -256,15 +256,16 @@ def test_connection_duration_from_the_pools_own_ages(upstream):
 
 
 def test_a_refusal_is_told_to_the_span(spans):
-    """The resilience policy's refusals (wired elsewhere) reach the current span through
-    PoolStats.refused, named by the constants the policy is to use."""
-    from poolclient.stats import REFUSED_BREAKER, REFUSED_BUDGET, PoolStats
+    """The resilience policy's refusals reach the current span through PoolStats.refused,
+    named as the policy names them."""
+    from poolclient.resilience import Refusal
+    from poolclient.stats import PoolStats
 
     provider, exporter = spans
     stats = PoolStats(4)
     with provider.get_tracer("test").start_as_current_span("call", kind=SpanKind.CLIENT):
-        stats.refused(REFUSED_BREAKER)
-        stats.refused(REFUSED_BUDGET)
+        stats.refused(Refusal.OPEN.value)
+        stats.refused(Refusal.BUDGET.value)
     [span] = client_spans(exporter)
     assert [(e.name, dict(e.attributes)) for e in span.events] == [
         (otel.EVENT_REFUSED, {"poolclient.refusal.reason": "open"}),
