@@ -34,11 +34,10 @@ from .errors import (
 from .outcomes import Outcome, Refusal, RetryReason
 from .settings import PolicySettings
 from .snapshot import AddressSnapshot, BreakerSnapshot, BudgetSnapshot, PolicySnapshot
-from .stall import SAMPLES, Latencies
+from .stall import Latencies
 
 log = logging.getLogger("poolclient")
 _CLOSED = BreakerState.CLOSED
-_new = object.__new__
 
 # Seconds an origin stays degraded (its calls limited by the bulkhead) after a stall: long
 # enough to cover the breaker's reaction, short enough that a blip is soon forgotten.
@@ -123,11 +122,7 @@ class OriginPolicy:
         :class:`CircuitOpenError` / :class:`BulkheadFullError`, raised before any pool
         wait. ``route`` (:func:`~.stall.route_key`) groups calls for stall detection;
         ``now``: the policy's clock, if the caller has just read it (a read less)."""
-        call = _new(Call)  # Call(self, route, read_timeout) without its __init__'s frame
-        call._policy = self
-        call.route = route
-        if read_timeout is not None:
-            call.read_timeout = read_timeout
+        call = Call(self, route, read_timeout)
         if now is None:
             now = self._clock()
         breaker = self._breaker
@@ -242,18 +237,7 @@ class OriginPolicy:
             latencies = self._latencies
             if (latencies is not None and call._responded and not call._failed
                     and not call.stalled):
-                # latencies.add(call.route, call._max_gap), two frames less for a known route
-                found = latencies._routes.get(call.route)
-                if found is None:
-                    latencies.add(call.route, call._max_gap)
-                else:
-                    samples = found._samples
-                    if len(samples) < SAMPLES:
-                        samples.append(call._max_gap)
-                    else:
-                        samples[found._next] = call._max_gap
-                        found._next = (found._next + 1) % SAMPLES
-                    found._p99 = None
+                latencies.add(call.route, call._max_gap)
         finally:
             lock.release()
         if changed is not None:
