@@ -468,13 +468,11 @@ class Settings:
 
 def settings_table() -> str:
     """The settings as a Markdown table, generated from the same doc strings: these, then
-    the origins' policy settings (:class:`poolclient.resilience.PolicySettings`) that the
-    pools apply."""
-    from .resilience.settings import PolicySettings, applied
+    the origins' policy settings (:class:`poolclient.resilience.PolicySettings`)."""
+    from .resilience.settings import PolicySettings
 
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    specs = [*dataclasses.fields(Settings),
-             *(spec for spec in dataclasses.fields(PolicySettings) if applied(spec.name))]
+    specs = [*dataclasses.fields(Settings), *dataclasses.fields(PolicySettings)]
     for spec in specs:
         default = "unset" if spec.default in (None, "") else f"`{spec.default}`"
         rows.append(f"| `{spec.metadata['env']}` | {default} | {spec.metadata['doc']} |")

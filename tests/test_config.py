@@ -17,14 +17,13 @@ import pytest
 
 from poolclient import ConfigError, PoolClientError, Settings
 from poolclient.gunicorn import check_settings
-from poolclient.resilience.settings import PolicySettings, applied
+from poolclient.resilience.settings import PolicySettings
 from tests.helpers import ROOT, Gunicorn, wait_for
 
 FIELDS = {spec.metadata["env"]: spec for spec in dataclasses.fields(Settings)}
-# The origins' policy settings the pools apply are in the same table (resilience).
+# The origins' policy settings are in the same table (resilience).
 TABLE_FIELDS = {**FIELDS, **{spec.metadata["env"]: spec
-                             for spec in dataclasses.fields(PolicySettings)
-                             if applied(spec.name)}}
+                             for spec in dataclasses.fields(PolicySettings)}}
 
 
 @pytest.fixture(autouse=True)

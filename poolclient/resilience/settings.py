@@ -65,16 +65,6 @@ def rate(value: object) -> float:
         raise ValueError("expected a number per second, 0 or more") from None
 
 
-# Settings validated but not applied by the pools: left out of the settings table and
-# /health until they are.
-NOT_APPLIED: frozenset[str] = frozenset()
-
-
-def applied(name: str) -> bool:
-    """Whether the pools apply the setting of field ``name``."""
-    return name not in NOT_APPLIED
-
-
 def _setting(env: str, default: object, validator: Validator, doc: str) -> Any:
     # The same metadata as config._setting's, so the fields move into Settings unchanged.
     metadata = {"env": env, "validator": validator, "doc": doc, "secret": False, "shown": None}
@@ -215,7 +205,7 @@ class PolicySettings:
     def redacted(self) -> dict[str, object]:
         """The settings in force, by environment variable name (none is secret)."""
         return {spec.metadata["env"]: getattr(self, spec.name)
-                for spec in dataclasses.fields(self) if applied(spec.name)}
+                for spec in dataclasses.fields(self)}
 
     @classmethod
     def off(cls) -> PolicySettings:
